@@ -3,16 +3,30 @@
 # the repo keyed by version (a fresh clone on the same machine reuses them). Prints progress.
 set -euo pipefail
 
-K8S_VERSION=${K8S_VERSION:-v1.36.3}
-ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
-KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
-HELM_VERSION=${HELM_VERSION:-v3.22.0}
+# Versions come from dev/versions.env (also read by dev/localcluster/binaries.py); an environment
+# variable of the same name overrides one.
+VERSIONS_FILE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/versions.env"
+while IFS='=' read -r key value; do
+  [[ $key =~ ^[A-Z0-9_]+$ ]] || continue
+  [ -n "${!key:-}" ] || printf -v "$key" '%s' "$value"
+done < "$VERSIONS_FILE"
+: "${K8S_VERSION:?missing in $VERSIONS_FILE}" "${ETCD_VERSION:?missing in $VERSIONS_FILE}"
+: "${KWOK_VERSION:?missing in $VERSIONS_FILE}" "${HELM_VERSION:?missing in $VERSIONS_FILE}"
 CACHE=${PHALANX_CACHE:-$HOME/.cache/phalanx}
 BIN="$CACHE/bin"
 WORK="$CACHE/build"
 mkdir -p "$BIN" "$WORK"
 
-command -v go >/dev/null || { echo "error: Go is not installed; install Go >= 1.24 (https://go.dev/dl) and rerun" >&2; exit 1; }
+# Go is needed only when something is not cached yet. All four modules declare `go 1.26.0` and
+# GOTOOLCHAIN=local forbids downloading another toolchain, so the local Go must be >= 1.26.
+need_go() {
+  command -v go >/dev/null || { echo "error: Go is not installed but is needed to build the control plane; install Go >= 1.26 (https://go.dev/dl) and rerun \`make binaries\`" >&2; exit 1; }
+  local gv; gv=$(go env GOVERSION); gv=${gv#go}
+  local major=${gv%%.*} rest=${gv#*.}; local minor=${rest%%.*}
+  if (( major < 1 || (major == 1 && minor < 26) )); then
+    echo "error: Go $gv is too old to build the control plane; install Go >= 1.26 (https://go.dev/dl) and rerun \`make binaries\`" >&2; exit 1
+  fi
+}
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 TAGS="selinux,notest,grpcnotrace"
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -22,6 +36,7 @@ build_kubernetes() {
   local v=$K8S_VERSION stage=${K8S_VERSION/v1./v0.} all=1
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do have "$b" "$v" || all=0; done
   [ $all = 1 ] && { log "kubernetes $v cached"; return; }
+  need_go
   local d="$WORK/kubernetes-$v"; mkdir -p "$d"; cd "$d"
   log "kubernetes $v: resolving modules (first time: several hundred MB)"
   [ -f go.mod ] || go mod init phalanx.local/k8sbuild >/dev/null 2>&1
@@ -51,6 +66,7 @@ build_kubernetes() {
 build_etcd() {
   local v=$ETCD_VERSION
   have etcd "$v" && { log "etcd $v cached"; return; }
+  need_go
   local d="$WORK/etcd-$v"; mkdir -p "$d"; cd "$d"
   log "etcd $v: building"
   cat > go.mod <<MOD
@@ -78,6 +94,7 @@ GO
 
 build_go_install() { # name module/cmd version ldflags
   have "$1" "$3" && { log "$1 $3 cached"; return; }
+  need_go
   log "$1 $3: building"
   local gb="$WORK/gobin-$1-$3"; mkdir -p "$gb"
   GOBIN="$gb" go install -trimpath -ldflags "-s -w $4" "$2@$3"
@@ -87,6 +104,9 @@ build_go_install() { # name module/cmd version ldflags
 
 start=$(date +%s)
 only=${1:-all}
+case $only in all|etcd|kwok|helm|kubernetes) ;;
+  *) echo "error: unknown target '$only'; use one of: all etcd kwok helm kubernetes" >&2; exit 2 ;;
+esac
 [[ $only == all || $only == etcd ]] && build_etcd
 [[ $only == all || $only == kwok ]] && build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"

@@ -1,0 +1,55 @@
+"""python -m localcluster up [--profile NAME] [--nodes N] [--dir DIR] | down [--dir DIR] | status [--dir DIR]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from localcluster import cluster
+from localcluster.errors import ClusterError
+from localcluster.layout import DIR_ENV
+from localcluster.profiles import NODES_ENV, available_profiles
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster",
+        description="A local Kubernetes control plane with simulated GPU/TPU nodes (docs/local-cluster.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    dir_help = f"state directory (default: ${DIR_ENV} or .cluster/ in the repo root)"
+    p_up = sub.add_parser("up", help="start the cluster (or report the running one) and wait until usable")
+    p_up.add_argument("--profile", default="default", help=f"node profile: {', '.join(available_profiles())}")
+    p_up.add_argument("--nodes", type=int, default=None, help=f"size of the profile's scalable pool (or ${NODES_ENV})")
+    p_up.add_argument("--dir", type=Path, default=None, help=dir_help)
+    p_down = sub.add_parser("down", help="stop the processes `up` started, in reverse order")
+    p_down.add_argument("--dir", type=Path, default=None, help=dir_help)
+    p_status = sub.add_parser("status", help="show components, health and nodes; exit 1 unless usable")
+    p_status.add_argument("--dir", type=Path, default=None, help=dir_help)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            info = cluster.up(args.profile, args.dir, nodes=args.nodes, log=_log)
+            print(info.usage())
+        elif args.command == "down":
+            cluster.down(args.dir, log=_log)
+        else:
+            ok, text = cluster.status(args.dir)
+            print(text)
+            return 0 if ok else 1
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; the processes started so far were stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Where the control plane's binaries live and which versions they are.
+
+The versions come from dev/versions.env, the same file dev/build-binaries.sh reads, so the Python side
+never asks for a binary the script did not build. An environment variable of the same name overrides
+a version in both places.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from localcluster.errors import BinariesMissing, ClusterError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VERSIONS_FILE = REPO_ROOT / "dev" / "versions.env"
+
+# Which version key each binary is built at (mirrors build-binaries.sh).
+VERSION_KEY: dict[str, str] = {
+    "etcd": "ETCD_VERSION",
+    "kube-apiserver": "K8S_VERSION",
+    "kube-controller-manager": "K8S_VERSION",
+    "kube-scheduler": "K8S_VERSION",
+    "kubectl": "K8S_VERSION",
+    "kwok": "KWOK_VERSION",
+    "helm": "HELM_VERSION",
+}
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+
+
+def parse_versions(text: str) -> dict[str, str]:
+    """Parse KEY=value lines; '#' comments and blank lines are ignored."""
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().isidentifier() or not value.strip():
+            raise ClusterError(f"{VERSIONS_FILE}:{n}: expected KEY=value, got {raw!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def versions() -> dict[str, str]:
+    """The pinned versions, with same-named environment variables taking precedence."""
+    pinned = parse_versions(VERSIONS_FILE.read_text())
+    return {key: os.environ.get(key) or value for key, value in pinned.items()}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PHALANX_CACHE") or Path.home() / ".cache" / "phalanx")
+
+
+def bin_dir() -> Path:
+    return cache_dir() / "bin"
+
+
+def version_of(name: str) -> str:
+    return versions()[VERSION_KEY[name]]
+
+
+def binary(name: str) -> Path:
+    """Path of a cached binary, e.g. ~/.cache/phalanx/bin/kube-apiserver-v1.36.3 (may not exist)."""
+    return bin_dir() / f"{name}-{version_of(name)}"
+
+
+def kubectl() -> Path:
+    return binary("kubectl")
+
+
+def require(names: tuple[str, ...] = CONTROL_PLANE) -> dict[str, Path]:
+    """Paths of the named binaries; raises BinariesMissing naming what to run if any is absent."""
+    paths = {name: binary(name) for name in names}
+    missing = [p.name for p in paths.values() if not os.access(p, os.X_OK)]
+    if missing:
+        raise BinariesMissing(
+            f"control-plane binaries missing from {bin_dir()}: {', '.join(missing)}; "
+            "run `make binaries` (bash dev/build-binaries.sh, 20-40 min cold) and retry"
+        )
+    return paths

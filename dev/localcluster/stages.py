@@ -1,0 +1,93 @@
+"""kwok's configuration: its stock Stages, read from the kwok module in the Go module cache, plus ours.
+
+Standalone kwok ships no default stages; they live as YAML inside the kwok module (kustomize/stage/).
+We read them at runtime from the module that build-binaries.sh already downloaded (same version as
+the binary) instead of copying upstream files into this repo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from localcluster import binaries
+from localcluster.errors import ClusterError
+
+OWN_STAGES_DIR = Path(__file__).resolve().parent / "stages"
+
+# Stock stages, relative to the kwok module root. Node heartbeats use the lease variant because we
+# run kwok with node leases (as kwokctl does): a lease renewal is far cheaper than a status write,
+# and with leases the Node status only needs a refresh every ~10 min.
+STOCK_STAGES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+
+
+def kwok_module_dir(version: str | None = None) -> Path:
+    """Directory of sigs.k8s.io/kwok@<version> in the Go module cache (downloaded if absent)."""
+    version = version or binaries.version_of("kwok")
+    go = shutil.which("go")
+    if go is None:
+        raise ClusterError(
+            "Go is not installed, but kwok's stock stages are read from the Go module cache; "
+            "install Go >= 1.24 and run `make binaries`"
+        )
+    # Run outside any module so the repo's own go.mod (if one appears) cannot interfere.
+    with tempfile.TemporaryDirectory() as tmp:
+        res = subprocess.run(
+            [go, "mod", "download", "-json", f"sigs.k8s.io/kwok@{version}"],
+            capture_output=True, text=True, cwd=tmp, check=False,
+            env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "on"},
+        )  # fmt: skip
+    try:
+        info = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        info = {}
+    if res.returncode != 0 or not info.get("Dir"):
+        detail = info.get("Error") or res.stderr.strip() or "no Dir in output"
+        raise ClusterError(
+            f"cannot locate kwok {version} in the Go module cache ({detail[:200]}); "
+            "run `make binaries` (it downloads the module) and retry"
+        )
+    return Path(info["Dir"])
+
+
+def stage_documents(module_dir: Path) -> list[str]:
+    docs = []
+    for rel in STOCK_STAGES:
+        path = module_dir / rel
+        if not path.is_file():
+            raise ClusterError(
+                f"kwok stage {rel} not found in {module_dir}; is KWOK_VERSION in dev/versions.env right?"
+            )
+        docs.append(path.read_text())
+    docs.extend(p.read_text() for p in sorted(OWN_STAGES_DIR.glob("*.yaml")))
+    return docs
+
+
+def kwok_options(nodes: int) -> str:
+    """KwokConfiguration: more parallel stage players for big fleets (defaults are 4)."""
+    parallel = 4 if nodes <= 100 else 16
+    return (
+        "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
+        "kind: KwokConfiguration\n"
+        "options:\n"
+        f"  nodePlayStageParallelism: {parallel}\n"
+        f"  nodeLeaseParallelism: {parallel}\n"
+        f"  podPlayStageParallelism: {parallel}\n"
+    )
+
+
+def write_kwok_config(path: Path, nodes: int) -> Path:
+    docs = [kwok_options(nodes), *stage_documents(kwok_module_dir())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n---\n".join(d.strip() + "\n" for d in docs))
+    return path
