@@ -1,0 +1,429 @@
+"""TrainingJob v1alpha1 as pydantic models.
+
+Attribute docstrings become the CRD's field descriptions (`kubectl explain`); CEL rules sit next to
+the model they guard. The CRD generator (phalanx.api.crd) turns these models into OpenAPI v3.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "phalanx.dev"
+VERSION = "v1alpha1"
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+SINGULAR = "trainingjob"
+SHORT_NAME = "tj"
+CATEGORY = "phalanx"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# CEL rules, keyed by the model they are attached to.
+Rule = dict[str, Any]
+
+
+def rule(expr: str, message: str, field_path: str | None = None, reason: str | None = None) -> Rule:
+    r: Rule = {"rule": expr, "message": message}
+    if field_path:
+        r["fieldPath"] = field_path
+    if reason:
+        r["reason"] = reason
+    return r
+
+
+def cel(*rules: Rule) -> ConfigDict:
+    return ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        extra="forbid",
+        json_schema_extra={"x-kubernetes-validations": cast(Any, list(rules))},
+    )
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True, extra="forbid"
+    )
+
+
+class Framework(StrEnum):
+    PYTORCH = "pytorch"
+    TENSORFLOW = "tensorflow"
+
+
+class Strategy(StrEnum):
+    DDP = "ddp"
+    MULTI_WORKER_MIRRORED = "multiWorkerMirrored"
+    TPU = "tpu"
+
+
+class RestartOn(StrEnum):
+    RETRYABLE = "retryable"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class CleanPodPolicy(StrEnum):
+    ALL = "All"
+    RUNNING = "Running"
+    NONE = "None"
+
+
+class RetainPolicy(StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class AccessMode(StrEnum):
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+
+
+class ElasticPolicy(Model):
+    """Bounds for `kubectl scale` and autoscalers: spec.replicas must stay inside them."""
+
+    model_config = cel(
+        rule("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas")
+    )
+
+    min_replicas: Annotated[int, Field(ge=1, le=10000)] = 1
+    """Fewest worker pods the job may be scaled down to."""
+    max_replicas: Annotated[int, Field(ge=1, le=10000)]
+    """Most worker pods the job may be scaled up to."""
+
+
+class TPUResources(Model):
+    """A GKE TPU slice: the pods run on the TPU VM hosts of one slice, one pod per host."""
+
+    accelerator: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+    """GKE TPU accelerator (node label cloud.google.com/gke-tpu-accelerator), e.g. tpu-v5-lite-podslice."""
+    topology: Annotated[str, Field(pattern=r"^[1-9][0-9]*(x[1-9][0-9]*){1,2}$", max_length=32)]
+    """Slice topology (node label cloud.google.com/gke-tpu-topology), e.g. 2x4; fixes the host count."""
+    chips_per_host: Annotated[int | None, Field(ge=1, le=8)] = None
+    """google.com/tpu chips requested per pod; defaults to 4 (8 for single-host v5e/v6e 2x4)."""
+
+
+class Resources(Model):
+    """Accelerators per pod. CPU and memory come from the trainer container in the template."""
+
+    model_config = cel(
+        rule("!(has(self.tpu) && self.gpus > 0)", "a pod uses either GPUs or a TPU, not both", ".gpus"),
+        rule("!has(self.gpuProduct) || self.gpus > 0", "gpuProduct needs gpus > 0", ".gpuProduct"),
+    )
+
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    """nvidia.com/gpu requested (and limited) per pod."""
+    gpu_product: Annotated[str | None, Field(min_length=1, max_length=63)] = None
+    """Required GPU model: the node label nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3."""
+    tpu: TPUResources | None = None
+    """TPU slice for strategy tpu (TensorFlow only)."""
+
+
+class StorageRequest(Model):
+    """A PersistentVolumeClaim the operator creates for the job's checkpoints."""
+
+    size: Annotated[str, Field(pattern=QUANTITY, max_length=32)]
+    """Requested capacity, a Kubernetes quantity such as 100Gi."""
+    storage_class_name: Annotated[str | None, Field(max_length=253)] = None
+    """StorageClass of the claim; the cluster default when omitted."""
+    access_mode: AccessMode = AccessMode.READ_WRITE_MANY
+    """ReadWriteMany by default: pods on several nodes read the checkpoint on resume."""
+
+
+class SecretKeyRef(Model):
+    """Credentials for an object store, passed to the pods as env from a Secret the operator never reads."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Name of the Secret in the job's namespace."""
+    keys: Annotated[dict[str, str], Field(max_length=16)] = {}
+    """Env variable name -> key in the Secret, e.g. AWS_ACCESS_KEY_ID: access-key."""
+
+
+class CheckpointSpec(Model):
+    """Where checkpoints live: one source, the same for every pod of every attempt."""
+
+    model_config = cel(
+        rule(
+            "[has(self.claimName), has(self.storage), has(self.uri)].filter(x, x).size() == 1",
+            "set exactly one of claimName, storage or uri",
+        ),
+        rule("!has(self.secretRef) || has(self.uri)", "secretRef only goes with uri", ".secretRef"),
+    )
+
+    claim_name: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    """An existing PersistentVolumeClaim in the job's namespace."""
+    storage: StorageRequest | None = None
+    """A claim the operator provisions for this job (named <job>-checkpoints)."""
+    uri: Annotated[str | None, Field(pattern=r"^[a-z][a-z0-9+.-]*://.+", max_length=2048)] = None
+    """An fsspec URL (s3://bucket/prefix, gs://..., file://...) for object-store checkpoints."""
+    secret_ref: SecretKeyRef | None = None
+    """Credentials for uri, exposed to the trainer as env from secretKeyRef."""
+    path: Annotated[str, Field(pattern=r"^/[^:]*$", max_length=1024)] = "/checkpoints"
+    """Mount path of the checkpoint volume in the trainer container."""
+    keep: Annotated[int, Field(ge=1, le=1000)] = 3
+    """Committed checkpoints to keep; older ones are removed by the trainer runtime."""
+    interval_seconds: Annotated[int, Field(ge=1, le=86400)] = 600
+    """Seconds between periodic saves by the trainer runtime."""
+    retain_policy: RetainPolicy = RetainPolicy.RETAIN
+    """Retain keeps an operator-provisioned claim after the job is deleted; Delete removes it."""
+
+
+class RunPolicy(Model):
+    """How the job restarts, ends and cleans up."""
+
+    backoff_limit: Annotated[int, Field(ge=0, le=1000)] = 3
+    """Whole-gang restarts allowed after failures before the job is Failed."""
+    restart_on: RestartOn = RestartOn.RETRYABLE
+    """retryable: exit codes 128-255, eviction, node loss; always: any failure; never: no restarts."""
+    active_deadline_seconds: Annotated[int | None, Field(ge=1)] = None
+    """Wall-clock limit for the whole job from its start; Failed with DeadlineExceeded after it."""
+    startup_deadline_seconds: Annotated[int | None, Field(ge=1)] = 900
+    """Limit for pods to get running (unschedulable, image pull errors); Failed with the cause after it."""
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0)] = None
+    """Delete the finished job (and its pods) this many seconds after it ends."""
+    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
+    """Which pods to delete when the job ends: All, only the Running ones, or None."""
+    suspend: bool = False
+    """Suspended jobs have no pods; resuming starts a new attempt (Kueue relies on this)."""
+
+
+class Scheduling(Model):
+    """Gang admission and placement."""
+
+    gang: bool = True
+    """No pod schedules until the whole gang fits (pods are created with a scheduling gate)."""
+    priority_class_name: Annotated[str | None, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] = (
+        None
+    )
+    """PriorityClass of the pods; also orders gang admission."""
+    queue_name: Annotated[str | None, Field(max_length=63)] = None
+    """A Kueue LocalQueue: Kueue admits the job by unsuspending it, and phalanx defers to it."""
+    scheduler_name: Annotated[str | None, Field(max_length=253)] = None
+    """A custom scheduler for the pods (e.g. a PodGroup-based gang scheduler); phalanx then defers gating."""
+
+
+class MetricsSpec(Model):
+    """Trainer metrics the operator reads to compute throughput and scaling efficiency."""
+
+    port: Annotated[int, Field(ge=1024, le=65535)] = 9400
+    """Port the trainer runtime serves Prometheus metrics on (PHALANX_METRICS_PORT)."""
+    baseline_samples_per_second: Annotated[float | None, Field(gt=0)] = None
+    """Declared single-replica throughput X(1); else taken from the job's smallest world size."""
+
+
+class Template(Model):
+    """A PodTemplateSpec. The container named "trainer" runs the training process."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-preserve-unknown-fields": True,
+            "x-kubernetes-validations": cast(
+                Any,
+                [
+                    rule(
+                        "self.spec.containers.exists(c, c.name == 'trainer')",
+                        "template.spec.containers needs a container named 'trainer'",
+                        ".spec.containers",
+                    )
+                ],
+            ),
+        },
+        extra="allow",
+    )
+
+    metadata: Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})] = {}
+    """Labels and annotations copied to every pod."""
+    spec: PodSpecShape
+    """A PodSpec."""
+
+
+class ContainerShape(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+
+
+class PodSpecShape(BaseModel):
+    """The parts of a PodSpec the schema checks; everything else is passed through unvalidated here and
+    validated by the apiserver when the pods are created."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    containers: Annotated[list[ContainerShape], Field(min_length=1, max_length=32)]
+
+
+Template.model_rebuild()
+
+STRATEGY_FITS_FRAMEWORK = (
+    "!has(self.strategy) || (self.framework == 'pytorch' ? self.strategy == 'ddp' "
+    ": self.strategy in ['multiWorkerMirrored', 'tpu'])"
+)
+
+
+class TrainingJobSpec(Model):
+    """The desired training job."""
+
+    model_config = cel(
+        rule(
+            STRATEGY_FITS_FRAMEWORK,
+            "strategy does not fit framework: pytorch takes ddp; tensorflow takes multiWorkerMirrored or tpu",
+            ".strategy",
+        ),
+        rule(
+            "!has(self.elastic) || (self.replicas >= self.elastic.minReplicas && "
+            "self.replicas <= self.elastic.maxReplicas)",
+            "replicas must lie within elastic.minReplicas..elastic.maxReplicas",
+            ".replicas",
+        ),
+        rule(
+            "(has(self.strategy) && self.strategy == 'tpu') == has(self.resources.tpu)",
+            "resources.tpu is required by strategy tpu and allowed only with it",
+            ".resources.tpu",
+        ),
+        rule(
+            "type(self.procsPerPod) == int ? self.procsPerPod >= 1 && self.procsPerPod <= 64 "
+            ": self.procsPerPod == 'auto'",
+            "procsPerPod must be 'auto' or an integer 1..64",
+            ".procsPerPod",
+        ),
+    )
+
+    framework: Framework
+    """pytorch or tensorflow."""
+    strategy: Strategy | None = None
+    """pytorch: ddp; tensorflow: multiWorkerMirrored (default) or tpu. Defaulted from framework."""
+    replicas: Annotated[int, Field(ge=1, le=10000)] = 1
+    """Worker pods. The scale subresource points here (kubectl scale tj/NAME --replicas=N)."""
+    elastic: ElasticPolicy | None = None
+    """Optional bounds for replicas under kubectl scale or an autoscaler."""
+    procs_per_pod: Annotated[int | Literal["auto"], Field(json_schema_extra={"x-kubernetes-int-or-string": True})] = (
+        "auto"
+    )
+    """Training processes per pod: auto = GPUs per pod (1 without GPUs). World size = replicas x procsPerPod."""
+    resources: Resources = Resources()
+    """Accelerators per pod."""
+    template: Template
+    """Pod template; the container named trainer is the trainer."""
+    checkpoint: CheckpointSpec | None = None
+    """Checkpoint storage the operator mounts and names in PHALANX_CHECKPOINT_DIR."""
+    run_policy: RunPolicy = RunPolicy()
+    """Restarts, deadlines, cleanup and suspension."""
+    scheduling: Scheduling = Scheduling()
+    """Gang admission and placement."""
+    metrics: MetricsSpec = MetricsSpec()
+    """Trainer metrics and the scaling baseline."""
+
+    def effective_strategy(self) -> Strategy:
+        if self.strategy is not None:
+            return self.strategy
+        return Strategy.DDP if self.framework is Framework.PYTORCH else Strategy.MULTI_WORKER_MIRRORED
+
+    def effective_procs_per_pod(self) -> int:
+        if self.procs_per_pod == "auto":
+            return max(1, self.resources.gpus) if self.framework is Framework.PYTORCH else 1
+        return self.procs_per_pod
+
+    def world_size(self) -> int:
+        return self.replicas * self.effective_procs_per_pod()
+
+
+class Condition(Model):
+    """A Kubernetes-style condition."""
+
+    type: str
+    """Admitted, Running, Restarting, Succeeded, Failed or Suspended."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str
+    """CamelCase reason."""
+    message: str = ""
+    """Human-readable detail."""
+    observed_generation: int | None = None
+    """The spec generation this condition was computed from."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+
+
+class ReplicaCounts(Model):
+    """Pods of the current attempt by state."""
+
+    desired: int = 0
+    """Pods the current spec asks for."""
+    active: int = 0
+    """Pods of the current attempt that exist and are not finished (the scale subresource reads this)."""
+    ready: int = 0
+    """Pods running and ready."""
+    succeeded: int = 0
+    """Pods that exited 0."""
+    failed: int = 0
+    """Pods that failed."""
+
+
+class CheckpointStatus(Model):
+    """The newest checkpoint the trainers reported."""
+
+    step: int
+    """Training step of the checkpoint."""
+    time: str
+    """When it was committed (RFC 3339)."""
+
+
+class ThroughputStatus(Model):
+    """A small summary of training speed; nothing per step is kept in status."""
+
+    samples_per_second: float | None = None
+    """Samples/s of the whole job over the last scrape window."""
+    scaling_efficiency: float | None = None
+    """Weak-scaling efficiency X(N) / (N * X(1)), 0..1+."""
+    baseline_samples_per_second: float | None = None
+    """X(1) used for the efficiency: declared, or measured at the smallest world size seen."""
+    baseline_replicas: int | None = None
+    """World size (pods) the baseline was measured at."""
+    goodput: float | None = None
+    """Share of wall time spent training rather than pending, restarting or redoing lost work."""
+
+
+class TrainingJobStatus(Model):
+    """Observed state, written by the operator only."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True, extra="ignore"
+    )
+
+    observed_generation: int | None = None
+    """The spec generation last acted on."""
+    state: str | None = None
+    """Pending, Queued, Starting, Running, Restarting, Suspended, Succeeded or Failed (the State column)."""
+    conditions: list[Condition] = []
+    """Admitted, Running, Restarting, Succeeded, Failed, Suspended."""
+    attempt: int = 0
+    """Current gang attempt, 1-based; every gang restart or rescale starts a new one (PHALANX_ATTEMPT)."""
+    restarts: int = 0
+    """Gang restarts caused by failures (counted against backoffLimit)."""
+    world_size: int | None = None
+    """Training processes of the current attempt: replicas x procsPerPod."""
+    replicas: ReplicaCounts = ReplicaCounts()
+    """Pods of the current attempt by state."""
+    ready_summary: str | None = None
+    """ready/desired, for the Replicas column."""
+    gpus: int | None = None
+    """GPUs the job uses in total (replicas x gpus per pod)."""
+    selector: str | None = None
+    """Label selector of the job's pods (for the scale subresource and autoscalers)."""
+    start_time: str | None = None
+    """When the first attempt started running."""
+    completion_time: str | None = None
+    """When the job succeeded or failed."""
+    attempt_start_time: str | None = None
+    """When the current attempt's pods were created."""
+    last_checkpoint: CheckpointStatus | None = None
+    """The newest checkpoint the trainers reported."""
+    throughput: ThroughputStatus | None = None
+    """Throughput and scaling efficiency."""

@@ -1,0 +1,66 @@
+"""What the kopf indexes keep of each watched object: small views, never whole bodies (memory is
+O(objects), and reconciles read from here instead of listing the API)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from phalanx.core import names
+from phalanx.core.admission import ACCELERATORS, NodeView, Usage
+from phalanx.core.observe import pod_view
+
+JobKey = tuple[str, str]
+
+
+def owner_uid(meta: Mapping[str, Any]) -> str | None:
+    return next((o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
+
+
+def pod_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {"view": pod_view(body), "owner": owner_uid(meta)}
+
+
+def accelerator_requests(spec: Mapping[str, Any]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in spec.get("containers") or []:
+        requests = (c.get("resources") or {}).get("requests") or {}
+        limits = (c.get("resources") or {}).get("limits") or {}
+        for r in ACCELERATORS:
+            value = requests.get(r, limits.get(r))
+            if value is not None:
+                total[r] = total.get(r, 0) + int(value)
+    return total
+
+
+def usage_entry(body: Mapping[str, Any]) -> Usage | None:
+    """Bound, unfinished pods that hold accelerators, whoever created them."""
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    requests = accelerator_requests(spec)
+    if not requests or not spec.get("nodeName"):
+        return None
+    return Usage(node=spec["nodeName"], requests=requests)
+
+
+def node_entry(body: Mapping[str, Any]) -> NodeView:
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    alloc = status.get("allocatable") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return NodeView(
+        name=meta["name"],
+        allocatable={r: int(alloc[r]) for r in ACCELERATORS if r in alloc},
+        labels=dict(meta.get("labels") or {}),
+        taints=frozenset(
+            t["key"]
+            for t in spec.get("taints") or []
+            if t.get("effect") in ("NoSchedule", "NoExecute") and not t["key"].startswith("node.kubernetes.io/")
+        ),
+        schedulable=ready and not spec.get("unschedulable"),
+    )
+
+
+def job_key_of_pod(labels: Mapping[str, str], namespace: str) -> JobKey:
+    return (namespace, labels[names.LABEL_JOB])

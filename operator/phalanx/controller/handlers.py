@@ -1,0 +1,115 @@
+"""kopf wiring only: indexes (the caches), event handlers that enqueue, startup and cleanup.
+
+`python -m phalanx.controller` (or `kopf run -m phalanx.controller.main`) runs it. Tests build a
+fresh registry per operator with `build_registry()` and run it under kopf.testing.KopfRunner.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from phalanx.api.models import GROUP, PLURAL, VERSION
+from phalanx.controller import caches
+from phalanx.controller.metrics import JOBS, WORK_QUEUE_DEPTH
+from phalanx.controller.operator import Operator
+from phalanx.core import names
+from phalanx.core.observe import job_view
+
+JOBS_RESOURCE = (GROUP, VERSION, PLURAL)
+MANAGED = {names.LABEL_JOB: kopf.PRESENT}
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    # Progress annotations and handler results stay out of .status: status is the operator's own.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.phalanx.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.phalanx.dev")
+    settings.posting.level = logging.ERROR  # kopf.event() still posts our own Events
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 4
+
+
+def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        configure(settings)
+        if metrics_port:
+            start_http_server(metrics_port)
+        await op.start(
+            {
+                k: kwargs[k]
+                for k in ("job_index", "pod_index", "service_index", "node_index", "usage_index", "priority_index")
+            }
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await op.stop()
+
+    # --- caches -----------------------------------------------------------------------------------
+    @kopf.index(*JOBS_RESOURCE, registry=registry)
+    def job_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+        snapshot = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+        return {(kw["namespace"], kw["name"]): snapshot}
+
+    @kopf.index("pods", labels=MANAGED, registry=registry)
+    def pod_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+        return {caches.job_key_of_pod(kw["labels"], kw["namespace"]): caches.pod_entry(body)}
+
+    @kopf.index("services", labels=MANAGED, registry=registry)
+    def service_index(**kw: Any) -> dict[Any, Any]:
+        return {caches.job_key_of_pod(kw["labels"], kw["namespace"]): True}
+
+    @kopf.index("nodes", registry=registry)
+    def node_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+        return {kw["name"]: caches.node_entry(body)}
+
+    @kopf.index("pods", registry=registry, when=lambda body, **_: caches.usage_entry(body) is not None)
+    def usage_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+        return {(kw["namespace"], kw["name"]): caches.usage_entry(body)}
+
+    @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", registry=registry)
+    def priority_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+        return {kw["name"]: int(body.get("value", 0))}
+
+    # --- triggers ---------------------------------------------------------------------------------
+    @kopf.on.event(*JOBS_RESOURCE, registry=registry)
+    def job_event(**kw: Any) -> None:
+        op.enqueue((kw["namespace"], kw["name"]))
+        if kw["type"] == "DELETED":
+            op.wake_admitter()
+
+    @kopf.on.event("pods", labels=MANAGED, registry=registry)
+    def pod_event(**kw: Any) -> None:
+        op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
+
+    @kopf.on.event("services", labels=MANAGED, registry=registry)
+    def service_event(**kw: Any) -> None:
+        op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
+
+    @kopf.on.event("nodes", registry=registry)
+    def node_event(**_: Any) -> None:
+        op.wake_admitter()
+
+    @kopf.on.probe(id="jobs", registry=registry)
+    def gauges(**kw: Any) -> int:
+        counts: dict[tuple[str, str], int] = {}
+        for store in kw["job_index"].values():
+            for body in store:
+                job = job_view(body)
+                key = (job.status.state or "Pending", job.spec.framework.value if job.spec else "unknown")
+                counts[key] = counts.get(key, 0) + 1
+        JOBS.clear()
+        for (state, framework), n in counts.items():
+            JOBS.labels(state=state, framework=framework).set(n)
+        WORK_QUEUE_DEPTH.set(len(op.queue))
+        return sum(counts.values())
+
+    return registry

@@ -1,0 +1,114 @@
+"""The only module that talks to the Kubernetes API (besides kopf's own watches).
+
+The official `kubernetes` client is synchronous; every call runs in a bounded thread pool so
+nothing blocks kopf's event loop, and pod creation for a gang fans out concurrently. This keeps
+the one well-known client (typed models, auth plugins, in-cluster config) while matching the
+throughput of an async client for our request pattern (see docs/design.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from phalanx.api.models import GROUP, PLURAL, VERSION
+
+T = TypeVar("T")
+
+
+class Conflict(Exception):
+    """The object changed since it was read (resourceVersion precondition failed)."""
+
+
+class Kube:
+    def __init__(self, concurrency: int = 16) -> None:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        cfg = kubernetes.client.Configuration.get_default_copy()
+        cfg.connection_pool_maxsize = concurrency
+        self.api = kubernetes.client.ApiClient(cfg)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        """Create a Pod, Service or PVC; False when it already exists (creation is idempotent)."""
+        ns, kind = manifest["metadata"]["namespace"], manifest["kind"]
+        fn = {
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
+            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+        }[kind]
+        try:
+            await self._run(fn, ns, manifest)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Graceful: the pod's own terminationGracePeriodSeconds lets the trainer checkpoint."""
+        try:
+            await self._run(self.core.delete_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def ungate_pod(self, namespace: str, name: str) -> None:
+        patch = [{"op": "remove", "path": "/spec/schedulingGates"}]
+        try:
+            await self._run(self.core.patch_namespaced_pod, name, namespace, patch)
+        except ApiException as exc:
+            # 404: gone; 422: no gates left to remove (already admitted).
+            if exc.status not in (404, 422):
+                raise
+
+    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> str:
+        """Write the whole status in one call, only if the job is still at the version we read."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            result = await self._run(
+                self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"{namespace}/{name}") from exc
+            raise
+        return str(result["metadata"]["resourceVersion"])
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            await self._run(
+                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                propagation_policy="Background",
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api.close()
+
+
+def api_error_message(exc: BaseException) -> str:
+    if isinstance(exc, ApiException) and exc.body:
+        try:
+            return str(json.loads(exc.body).get("message", exc.body))
+        except (ValueError, AttributeError):
+            return str(exc.body)
+    return str(exc)

@@ -1,0 +1,73 @@
+"""What the core sees of the cluster (views) and what it asks for (a plan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from phalanx.api.models import TrainingJobSpec, TrainingJobStatus
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A TrainingJob as read from the API. `spec` is None when it does not parse."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    created: datetime
+    spec: TrainingJobSpec | None
+    spec_error: str | None
+    status: TrainingJobStatus
+    priority: int = 0  # the PriorityClass value, resolved by the caller
+    deleting: bool = False  # deletionTimestamp set: garbage collection owns the pods now
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The facts about one of the job's pods that decisions depend on."""
+
+    name: str
+    index: int
+    attempt: int
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    ready: bool = False
+    gated: bool = False
+    node: str | None = None
+    terminating: bool = False
+    exit_code: int | None = None  # the trainer container's, once terminated
+    reason: str | None = None  # terminated reason, pod reason (Evicted) or waiting reason
+    message: str | None = None
+    disrupted: bool = False  # DisruptionTarget condition: evicted, preempted, node lost
+    waiting_reason: str | None = None  # ImagePullBackOff, CrashLoopBackOff, ...
+    unschedulable: str | None = None  # the scheduler's message when PodScheduled=False
+    replicas: int | None = None  # gang size this pod was created for
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """Everything one reconcile wants done. Applied by the kopf layer in this order:
+    status first (it records intent such as a new attempt), then deletions, then creations."""
+
+    status: TrainingJobStatus
+    status_changed: bool = False
+    create: list[Manifest] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    delete_job: bool = False
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 0.5)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)

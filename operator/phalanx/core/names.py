@@ -1,0 +1,46 @@
+"""Deterministic names, labels and annotations of the objects phalanx creates."""
+
+from __future__ import annotations
+
+from typing import Final
+
+LABEL_JOB: Final = "phalanx.dev/job-name"
+LABEL_ROLE: Final = "phalanx.dev/role"
+LABEL_INDEX: Final = "phalanx.dev/replica-index"
+LABEL_ATTEMPT: Final = "phalanx.dev/attempt"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGER: Final = "phalanx"
+ANNOTATION_WORLD_SIZE: Final = "phalanx.dev/world-size"
+ANNOTATION_REPLICAS: Final = "phalanx.dev/replicas"
+GANG_GATE: Final = "phalanx.dev/gang"
+ROLE_WORKER: Final = "worker"
+TRAINER_CONTAINER: Final = "trainer"
+SHM_VOLUME: Final = "dshm"
+CHECKPOINT_VOLUME: Final = "checkpoints"
+DNS_LABEL_MAX: Final = 63
+
+
+def pod_name(job: str, index: int) -> str:
+    return f"{job}-{ROLE_WORKER}-{index}"
+
+
+def service_name(job: str) -> str:
+    return job
+
+
+def checkpoint_claim_name(job: str) -> str:
+    return f"{job}-checkpoints"
+
+
+def pod_dns(job: str, namespace: str, index: int) -> str:
+    """The stable DNS name the headless Service gives a rank's pod."""
+    return f"{pod_name(job, index)}.{service_name(job)}.{namespace}.svc"
+
+
+def selector(job: str) -> str:
+    return f"{LABEL_JOB}={job}"
+
+
+def max_job_name_length(replicas: int) -> int:
+    """Pod names double as hostnames, so <job>-worker-<index> must fit a DNS label."""
+    return DNS_LABEL_MAX - len(f"-{ROLE_WORKER}-{replicas - 1}")

@@ -1,0 +1,94 @@
+"""Reading pods and TrainingJobs (as plain dicts from the API) into the core's views."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from phalanx.api.models import TrainingJobSpec, TrainingJobStatus
+from phalanx.core import names
+from phalanx.core.model import JobView, PodView
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def pod_view(pod: Mapping[str, Any]) -> PodView:
+    meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    trainer = next(
+        (c for c in status.get("containerStatuses") or [] if c.get("name") == names.TRAINER_CONTAINER),
+        None,
+    ) or next(iter(status.get("containerStatuses") or []), None)
+    state = (trainer or {}).get("state") or {}
+    terminated = state.get("terminated")
+    waiting = state.get("waiting")
+    scheduled = conditions.get("PodScheduled", {})
+    unschedulable = (
+        scheduled.get("message") or "Unschedulable"
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        else None
+    )
+    disruption = conditions.get("DisruptionTarget", {})
+    phase = status.get("phase") or "Pending"
+    reason = (terminated or {}).get("reason") or status.get("reason")
+    return PodView(
+        name=meta.get("name", ""),
+        index=_int(labels.get(names.LABEL_INDEX), -1),
+        attempt=_int(labels.get(names.LABEL_ATTEMPT), 0),
+        phase=phase,
+        ready=conditions.get("Ready", {}).get("status") == "True",
+        gated=bool(spec.get("schedulingGates")),
+        node=spec.get("nodeName"),
+        terminating=bool(meta.get("deletionTimestamp")),
+        exit_code=terminated.get("exitCode") if terminated else None,
+        reason=reason,
+        message=(terminated or {}).get("message") or status.get("message"),
+        disrupted=disruption.get("status") == "True" or status.get("reason") == "Evicted",
+        waiting_reason=(waiting or {}).get("reason"),
+        unschedulable=unschedulable,
+        replicas=_int((meta.get("annotations") or {}).get(names.ANNOTATION_REPLICAS), 0) or None,
+    )
+
+
+def job_view(body: Mapping[str, Any], priority: int = 0) -> JobView:
+    meta = body.get("metadata", {})
+    spec: TrainingJobSpec | None = None
+    error: str | None = None
+    try:
+        spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        error = "; ".join(
+            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+    status = TrainingJobStatus.model_validate(body.get("status") or {})
+    return JobView(
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace", ""),
+        uid=meta.get("uid", ""),
+        generation=_int(meta.get("generation"), 1),
+        created=parse_time(meta.get("creationTimestamp")) or datetime.now(UTC),
+        spec=spec,
+        spec_error=error,
+        status=status,
+        priority=priority,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )

@@ -1,0 +1,301 @@
+"""The level-based reconcile of one TrainingJob: what exists now in, one plan out.
+
+Every decision is taken from the job's spec, its status and the pods that exist, never from
+remembered events, so the operator may crash or restart at any moment. A new attempt is recorded
+in status before any pod of it is created; pods carry their attempt in a label, so pods of an
+older attempt are recognised and removed before the next gang starts (ranks never mix attempts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec
+from phalanx.core import conditions as cond
+from phalanx.core import names
+from phalanx.core.failure import describe, is_failure, retryable
+from phalanx.core.gang import Gang
+from phalanx.core.model import Event, JobView, Plan, PodView
+from phalanx.core.observe import format_time, parse_time
+from phalanx.core.pods import build_pod, build_service, gated
+from phalanx.core.validation import validate
+
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class AdmissionNote:
+    """Why the admission controller keeps a gated job waiting (reason is CamelCase)."""
+
+    reason: str
+    message: str
+
+
+class _Step:
+    """One reconcile's working state: the status being built and the plan around it."""
+
+    def __init__(self, job: JobView, now: datetime) -> None:
+        self.job, self.now = job, now
+        self.status = job.status.model_copy(deep=True)
+        self.plan = Plan(status=self.status)
+
+    def condition(self, type_: str, value: bool, reason: str, message: str = "") -> None:
+        cond.set_condition(self.status, type_, value, reason, message, self.job.generation, self.now)
+
+    def delete(self, pods: Sequence[PodView]) -> None:
+        self.plan.delete_pods += [p.name for p in pods if not p.terminating]
+
+    def fail(self, reason: str, message: str, pods: Sequence[PodView]) -> Plan:
+        self.condition(cond.FAILED, True, reason, message)
+        return self._end(pods)
+
+    def succeed(self, message: str, pods: Sequence[PodView]) -> Plan:
+        self.condition(cond.SUCCEEDED, True, "AllReplicasSucceeded", message)
+        return self._end(pods)
+
+    def _end(self, pods: Sequence[PodView]) -> Plan:
+        self.condition(cond.RUNNING, False, "Finished", "the job has finished")
+        if cond.get(self.status, cond.RESTARTING):
+            self.condition(cond.RESTARTING, False, "Finished", "")
+        self.status.completion_time = format_time(self.now)
+        return finished(self, pods)
+
+    def done(self) -> Plan:
+        s = self.status
+        s.state = state_of(s)
+        changed = s.model_dump() != self.job.status.model_dump()
+        self.plan.status_changed = changed
+        if changed:
+            self.plan.events = cond.transition_events(self.job.status, s) + self.plan.events
+        return self.plan
+
+
+def state_of(status: object) -> str:
+    from phalanx.api.models import TrainingJobStatus
+
+    assert isinstance(status, TrainingJobStatus)
+    for type_, state in ((cond.FAILED, "Failed"), (cond.SUCCEEDED, "Succeeded"), (cond.SUSPENDED, "Suspended"),
+                         (cond.RESTARTING, "Restarting"), (cond.RUNNING, "Running")):  # fmt: skip
+        if cond.is_true(status, type_):
+            return state
+    admitted = cond.get(status, cond.ADMITTED)
+    if admitted is not None and admitted.status == "False":
+        return "Queued"
+    return "Starting" if status.attempt else "Pending"
+
+
+def finished(step: _Step, pods: Sequence[PodView]) -> Plan:
+    """A finished job only cleans up its pods and, with a TTL, deletes itself."""
+    policy = step.job.spec.run_policy if step.job.spec else None
+    clean = policy.clean_pod_policy if policy else CleanPodPolicy.RUNNING
+    if clean is CleanPodPolicy.ALL:
+        step.delete(pods)
+    elif clean is CleanPodPolicy.RUNNING:
+        step.delete([p for p in pods if p.phase not in TERMINAL])
+    step.status.replicas.active = 0
+    step.status.replicas.ready = 0
+    step.status.ready_summary = f"0/{step.status.replicas.desired}"
+    ttl = policy.ttl_seconds_after_finished if policy else None
+    ended = parse_time(step.status.completion_time)
+    if ttl is not None and ended is not None:
+        remaining = (ended + timedelta(seconds=ttl) - step.now).total_seconds()
+        if remaining <= 0:
+            step.plan.delete_job = True
+        else:
+            step.plan.requeue(remaining)
+    return step.done()
+
+
+def _counts(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView]) -> None:
+    r = step.status.replicas
+    r.desired = spec.replicas
+    r.active = sum(1 for p in current if p.phase not in TERMINAL and not p.terminating)
+    r.ready = sum(1 for p in current if p.ready and p.phase == "Running" and not p.terminating)
+    r.succeeded = sum(1 for p in current if p.phase == "Succeeded")
+    r.failed = sum(1 for p in current if p.phase == "Failed")
+    step.status.ready_summary = f"{r.ready}/{r.desired}"
+    step.status.world_size = spec.world_size()
+    step.status.gpus = spec.replicas * spec.resources.gpus
+    step.status.selector = names.selector(step.job.name)
+
+
+def _new_attempt(step: _Step, current: Sequence[PodView], reason: str, message: str) -> Plan:
+    step.status.attempt += 1
+    step.status.attempt_start_time = format_time(step.now)
+    step.condition(cond.RESTARTING, True, reason, message)
+    step.condition(cond.RUNNING, False, reason, message)
+    step.delete(current)
+    step.plan.requeue(1)
+    return step.done()
+
+
+def _waiting_cause(current: Sequence[PodView]) -> tuple[str, str] | None:
+    """The most telling reason a pod of the gang is not running yet, copied from the pod."""
+    for p in sorted(current, key=lambda p: p.index):
+        if p.waiting_reason and p.waiting_reason not in ("ContainerCreating", "PodInitializing"):
+            return p.waiting_reason, f"pod {p.name}: {p.waiting_reason}" + (f": {p.message}" if p.message else "")
+    for p in sorted(current, key=lambda p: p.index):
+        if p.unschedulable:
+            return "Unschedulable", f"pod {p.name}: {p.unschedulable}"
+    return None
+
+
+def reconcile(
+    job: JobView,
+    pods: Sequence[PodView],
+    service_exists: bool,
+    now: datetime,
+    admission: AdmissionNote | None = None,
+) -> Plan:
+    step = _Step(job, now)
+    s = step.status
+    if job.deleting:
+        return step.plan  # garbage collection removes the pods; nothing to decide
+    if cond.is_true(job.status, cond.SUCCEEDED) or cond.is_true(job.status, cond.FAILED):
+        return finished(step, pods)
+    if job.spec is None:
+        return step.fail("InvalidSpec", job.spec_error or "spec does not parse", pods)
+    spec = job.spec
+    problems = validate(job.name, spec)
+    if problems:
+        return step.fail("InvalidSpec", "; ".join(problems), pods)
+    s.observed_generation = job.generation
+
+    if spec.run_policy.suspend:
+        step.delete(pods)
+        step.condition(cond.SUSPENDED, True, "Suspended", "spec.runPolicy.suspend is true; pods are deleted")
+        step.condition(cond.RUNNING, False, "Suspended", "the job is suspended")
+        step.condition(cond.ADMITTED, False, "Suspended", "the job is suspended")
+        if cond.get(s, cond.RESTARTING):
+            step.condition(cond.RESTARTING, False, "Suspended", "")
+        _counts(step, spec, [p for p in pods if p.attempt == s.attempt])
+        return step.done()
+    if cond.is_true(s, cond.SUSPENDED):
+        step.condition(cond.SUSPENDED, False, "Resumed", "the job was resumed; a new attempt starts")
+        step.plan.events.append(Event("Normal", "Resumed", f"resumed as attempt {s.attempt + 1}"))
+        s.attempt += 1
+        s.attempt_start_time = format_time(now)
+    if s.attempt == 0:
+        s.attempt = 1
+        s.attempt_start_time = format_time(now)
+
+    current = [p for p in pods if p.attempt == s.attempt]
+    stale = [p for p in pods if p.attempt != s.attempt]
+    _counts(step, spec, current)
+
+    deadline = spec.run_policy.active_deadline_seconds
+    started = parse_time(s.start_time)
+    if deadline and started:
+        left = (started + timedelta(seconds=deadline) - now).total_seconds()
+        if left <= 0:
+            return step.fail("DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds={deadline}", pods)
+        step.plan.requeue(left)
+
+    if stale:
+        # The gang barrier: no rank of the new attempt starts while any rank of an old one lives.
+        step.delete(stale)
+        step.plan.requeue(2)
+        return step.done()
+
+    failures = sorted((p for p in current if is_failure(p)), key=lambda p: p.index)
+    if failures:
+        first = failures[0]
+        what = describe(first)
+        policy = spec.run_policy
+        if policy.restart_on is RestartOn.NEVER or not retryable(first, policy.restart_on):
+            return step.fail("PodFailed", f"{what}; not retryable under restartOn={policy.restart_on.value}", pods)
+        if s.restarts >= policy.backoff_limit:
+            return step.fail(
+                "BackoffLimitExceeded",
+                f"{what}; {s.restarts} gang restarts used of backoffLimit={policy.backoff_limit}",
+                pods,
+            )
+        s.restarts += 1
+        return _new_attempt(
+            step, current, "GangRestart",
+            f"{what}; restarting all {spec.replicas} pods as attempt {s.attempt + 1} "
+            f"(restart {s.restarts} of {policy.backoff_limit})",
+        )  # fmt: skip
+
+    if len(current) >= spec.replicas and all(p.phase == "Succeeded" for p in current):
+        return step.succeed(f"all {len(current)} pods exited 0", pods)
+
+    sizes = {p.replicas for p in current if p.replicas}
+    if sizes and sizes != {spec.replicas}:
+        old = max(sizes)
+        return _new_attempt(
+            step, current, "Rescaling",
+            f"replicas {old} -> {spec.replicas}: pods get their grace period to checkpoint, then the gang "
+            f"restarts at world size {spec.world_size()} as attempt {s.attempt + 1}",
+        )  # fmt: skip
+
+    gang = Gang(job.name, job.namespace, job.uid, spec, s.attempt)
+    have = {p.index for p in current}
+    missing = [i for i in range(spec.replicas) if i not in have]
+    if not service_exists:
+        step.plan.create.append(build_service(gang))
+    if missing:
+        step.plan.create += [build_pod(gang, i) for i in missing]
+        step.plan.events.append(
+            Event("Normal", "CreatingPods", f"creating {len(missing)} pod(s) of attempt {s.attempt}")
+        )
+    _admission(step, gang, current, missing, admission)
+    _running(step, spec, current)
+    return step.done()
+
+
+def _admission(
+    step: _Step, gang: Gang, current: Sequence[PodView], missing: Sequence[int], note: AdmissionNote | None
+) -> None:
+    spec = gang.spec
+    if not gated(gang):
+        who = (
+            f"Kueue queue {spec.scheduling.queue_name}" if spec.scheduling.queue_name
+            else f"scheduler {spec.scheduling.scheduler_name}" if spec.scheduling.scheduler_name
+            else "no gang admission (scheduling.gang=false)"
+        )  # fmt: skip
+        step.condition(cond.ADMITTED, True, "AdmittedExternally", f"admission is left to {who}")
+    elif current and not missing and not any(p.gated for p in current):
+        step.condition(cond.ADMITTED, True, "GangAdmitted", f"all {len(current)} pods fit; scheduling gates lifted")
+    else:
+        reason, message = (note.reason, note.message) if note else ("WaitingForAdmission", "waiting for gang admission")
+        step.condition(cond.ADMITTED, False, reason, message)
+
+
+def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView]) -> None:
+    s, now = step.status, step.now
+    running = len(current) >= spec.replicas and all(p.phase == "Running" for p in current)
+    if running:
+        if s.start_time is None:
+            s.start_time = format_time(now)
+        step.condition(
+            cond.RUNNING, True, "AllReplicasRunning",
+            f"{spec.replicas} pods, world size {spec.world_size()}, attempt {s.attempt}",
+        )  # fmt: skip
+        if cond.is_true(s, cond.RESTARTING):
+            step.condition(cond.RESTARTING, False, "GangRunning", f"attempt {s.attempt} is running")
+        return
+    if any(p.phase == "Running" for p in current) and any(p.phase == "Succeeded" for p in current):
+        return  # ranks are finishing one by one; keep Running as it was
+    cause = _waiting_cause(current)
+    reason, message = cause or (
+        "Starting",
+        f"{sum(p.phase == 'Running' for p in current)}/{spec.replicas} pods running",
+    )
+    step.condition(cond.RUNNING, False, reason, message)
+    # Startup deadline: counted from admission, so time spent queued for capacity does not count.
+    limit = spec.run_policy.startup_deadline_seconds
+    admitted = cond.get(s, cond.ADMITTED)
+    since = parse_time(admitted.last_transition_time) if admitted and admitted.status == "True" else None
+    if limit and since:
+        left = (since + timedelta(seconds=limit) - now).total_seconds()
+        if left <= 0:
+            step.fail(
+                cause[0] if cause else "StartupDeadlineExceeded",
+                f"pods not running after startupDeadlineSeconds={limit}: {message}",
+                current,
+            )
+        else:
+            step.plan.requeue(left)

@@ -1,0 +1,1 @@
+"""Generated artifacts (CRD, chart copies, docs, dashboards) from their single sources."""
