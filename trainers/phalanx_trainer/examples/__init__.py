@@ -1,0 +1,1 @@
+"""Reference trainers run by the operator's example manifests."""
