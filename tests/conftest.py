@@ -28,6 +28,8 @@ from kubernetes import client, config  # noqa: E402
 import localcluster  # noqa: E402
 from localcluster.testing import Kubectl, create_namespace, unique_namespace_name  # noqa: E402
 
+pytest_plugins = ["tests.plugins.operator"]
+
 REUSE_ENV = "PHALANX_TEST_KUBECONFIG"
 CLUSTER_FIXTURES = {"cluster", "kubeconfig", "api_client", "core_v1", "namespace", "kubectl"}
 log = logging.getLogger("localcluster")

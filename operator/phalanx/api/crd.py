@@ -59,6 +59,9 @@ def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
             raise SchemaError(f"union of {len(variants)} types has no structural form: {variants}")
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if not isinstance(node.get(bound, True), bool):  # JSON Schema 2020 number -> OpenAPI 3.0 flag
+            node[plain], node[bound] = node[bound], True
 
     out: Schema = {k: copy.deepcopy(v) for k, v in node.items() if k in _KEPT}
     if node.get("default") is not None and not isinstance(node["default"], dict):

@@ -40,6 +40,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         configure(settings)
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
         if metrics_port:
             start_http_server(metrics_port)
         await op.start(
@@ -49,33 +50,40 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
             }
         )
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In-cluster service account, else KUBECONFIG: the same sources the kubernetes client uses.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await op.stop()
 
     # --- caches -----------------------------------------------------------------------------------
-    @kopf.index(*JOBS_RESOURCE, registry=registry)
+    @kopf.index(*JOBS_RESOURCE, registry=registry, id="job_index")
     def job_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         snapshot = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
         return {(kw["namespace"], kw["name"]): snapshot}
 
-    @kopf.index("pods", labels=MANAGED, registry=registry)
+    @kopf.index("pods", labels=MANAGED, registry=registry, id="pod_index")
     def pod_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {caches.job_key_of_pod(kw["labels"], kw["namespace"]): caches.pod_entry(body)}
 
-    @kopf.index("services", labels=MANAGED, registry=registry)
+    @kopf.index("services", labels=MANAGED, registry=registry, id="service_index")
     def service_index(**kw: Any) -> dict[Any, Any]:
         return {caches.job_key_of_pod(kw["labels"], kw["namespace"]): True}
 
-    @kopf.index("nodes", registry=registry)
+    @kopf.index("nodes", registry=registry, id="node_index")
     def node_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {kw["name"]: caches.node_entry(body)}
 
-    @kopf.index("pods", registry=registry, when=lambda body, **_: caches.usage_entry(body) is not None)
+    @kopf.index(
+        "pods", registry=registry, id="usage_index", when=lambda body, **_: caches.usage_entry(body) is not None
+    )
     def usage_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {(kw["namespace"], kw["name"]): caches.usage_entry(body)}
 
-    @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", registry=registry)
+    @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", registry=registry, id="priority_index")
     def priority_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {kw["name"]: int(body.get("value", 0))}
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kubernetes
@@ -32,7 +35,8 @@ class Kube:
         try:
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
+            # Read KUBECONFIG now: the client library only reads it once, at import.
+            kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         cfg = kubernetes.client.Configuration.get_default_copy()
         cfg.connection_pool_maxsize = concurrency
         self.api = kubernetes.client.ApiClient(cfg)
@@ -89,6 +93,23 @@ class Kube:
                 raise Conflict(f"{namespace}/{name}") from exc
             raise
         return str(result["metadata"]["resourceVersion"])
+
+    async def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the TrainingJob, as `kubectl describe tj` shows them."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "phalanx-operator"}, "reportingComponent": "phalanx.dev/operator",
+        }  # fmt: skip
+        try:
+            await self._run(self.core.create_namespaced_event, meta["namespace"], event)
+        except ApiException as exc:  # events are best effort; never fail a reconcile for one
+            logging.getLogger("phalanx").debug("event not posted: %s", api_error_message(exc))
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:

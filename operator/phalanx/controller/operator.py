@@ -8,9 +8,7 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
-
-import kopf
+from typing import Any
 
 from phalanx.api.models import API_VERSION, KIND
 from phalanx.controller import metrics
@@ -130,16 +128,18 @@ class Operator:
                 return  # the plan was made from a stale job; redo it from the fresh one
             self._written[key] = _rv(rv)
             metrics.observe_transition(job, plan.status)
-        ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": dict(body["metadata"])}
-        for event in plan.events:
-            kopf.event(cast(kopf.Body, ref), type=event.type, reason=event.reason, message=event.message)
+        ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body["metadata"]}
+        # Events only after the status write succeeded, so they never announce what did not happen.
+        await asyncio.gather(*(self.kube.post_event(ref, e.type, e.reason, e.message) for e in plan.events))
         if plan.delete_pods:
             await asyncio.gather(*(self.kube.delete_pod(ns, p) for p in plan.delete_pods))
         if plan.create:
             created = await asyncio.gather(*(self.kube.create(m) for m in plan.create))
-            metrics.PODS_CREATED.inc(
-                sum(1 for m, ok in zip(plan.create, created, strict=True) if ok and m["kind"] == "Pod")
-            )
+            made = sum(1 for m, ok in zip(plan.create, created, strict=True) if ok and m["kind"] == "Pod")
+            metrics.PODS_CREATED.inc(made)
+            if made:  # only what really was created: with a lagging cache a create can return AlreadyExists
+                message = f"created {made} pod(s) of attempt {plan.status.attempt}"
+                await self.kube.post_event(ref, "Normal", "CreatedPods", message)
         if plan.delete_job:
             await self.kube.delete_job(ns, name)
         if plan.requeue_after is not None:

@@ -238,9 +238,6 @@ def reconcile(
         step.plan.create.append(build_service(gang))
     if missing:
         step.plan.create += [build_pod(gang, i) for i in missing]
-        step.plan.events.append(
-            Event("Normal", "CreatingPods", f"creating {len(missing)} pod(s) of attempt {s.attempt}")
-        )
     _admission(step, gang, current, missing, admission)
     _running(step, spec, current)
     return step.done()

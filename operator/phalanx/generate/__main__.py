@@ -32,8 +32,10 @@ def main() -> int:
             path.write_text(want)
             print(f"wrote {rel}")
     if drifted:
-        print(f"error: generated files drifted from their sources: {', '.join(drifted)}; run `make generate`",
-              file=sys.stderr)
+        print(
+            f"error: generated files drifted from their sources: {', '.join(drifted)}; run `make generate`",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
