@@ -76,6 +76,6 @@ def require(names: tuple[str, ...] = CONTROL_PLANE) -> dict[str, Path]:
     if missing:
         raise BinariesMissing(
             f"control-plane binaries missing from {bin_dir()}: {', '.join(missing)}; "
-            "run `make binaries` (bash dev/build-binaries.sh, 20-40 min cold) and retry"
+            "run `make binaries` (bash dev/build-binaries.sh; about 10 min cold) and retry"
         )
     return paths

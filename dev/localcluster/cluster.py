@@ -161,12 +161,18 @@ def status(directory: Path | str | None = None) -> tuple[bool, str]:
         return False, f"no cluster in {layout.dir}; start one with `make cluster` (python -m localcluster up)"
     lines = [f"cluster in {layout.dir}: profile {state.get('profile')}, phase {state.get('phase')}"]
     pki = pkimod.Pki(layout.pki)
+    peak_kib = 0
     for proc in state.get("processes") or []:
         running = process.runs(proc["pid"], proc["exe"])
         port = state["ports"].get(proc["name"])
         healthy = running and port is not None and health.probe(proc["name"], port, pki)
         word = "healthy" if healthy else ("running, NOT healthy" if running else "DEAD")
-        lines.append(f"  {proc['name']:<24} pid {proc['pid']:<8} {word:<20} log {proc['log']}")
+        hwm = process.vm_hwm_kib(proc["pid"]) if running else 0
+        peak_kib += hwm
+        lines.append(
+            f"  {proc['name']:<24} pid {proc['pid']:<8} {word:<20} peak RSS {hwm // 1024:>5} MiB  log {proc['log']}"
+        )
+    lines.append(f"  peak RSS of the control plane (sum of VmHWM): {peak_kib // 1024} MiB")
     ok, bad = _healthy(layout, state)
     if ok:
         api = KubeApi(state["ports"]["kube-apiserver"], pki.ca_crt, pki.crt("admin"), pki.key("admin"))

@@ -239,6 +239,14 @@ def test_tests_can_add_nodes_of_another_gpu_product(core_v1: client.CoreV1Api, n
 # -- lifecycle and faults of the control plane itself (each starts its own small cluster) ----------
 
 
+def _require_binaries() -> None:
+    # These tests start their own clusters: say plainly what is missing rather than fail an assertion.
+    try:
+        binaries.require()
+    except localcluster.ClusterError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
 def _processes_mentioning(text: str) -> list[int]:
     """Live processes whose command line mentions text (every component's args name its state dir)."""
     found = []
@@ -254,6 +262,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def test_up_twice_reuses_and_a_half_dead_cluster_is_replaced(tmp_path: Path) -> None:
+    _require_binaries()
     state_dir = tmp_path / "c"
     first = localcluster.up("default", state_dir, die_with_parent=True, log=lambda _: None)
     try:
@@ -277,6 +286,7 @@ def test_up_twice_reuses_and_a_half_dead_cluster_is_replaced(tmp_path: Path) -> 
 
 
 def test_port_grabbed_between_pick_and_start_names_component_and_log(tmp_path: Path) -> None:
+    _require_binaries()
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -297,6 +307,7 @@ def test_port_grabbed_between_pick_and_start_names_component_and_log(tmp_path: P
 
 
 def test_binary_failing_to_start_points_at_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _require_binaries()
     fake_bin = tmp_path / "cache" / "bin"
     fake_bin.mkdir(parents=True)
     for name in binaries.CONTROL_PLANE:

@@ -45,8 +45,7 @@ def test_create_runs_gang_and_succeeds(jobs: JobClient, namespace: str) -> None:
         sim.make_pod_succeed(jobs.core, namespace, p.metadata.name)
     job = jobs.wait_state("happy", "Succeeded")
     assert job["status"]["completionTime"] and jobs.condition("happy", "Succeeded")["reason"] == "AllReplicasSucceeded"
-    reasons = {e.reason for e in jobs.core.list_namespaced_event(namespace).items
-               if e.involved_object.name == "happy"}  # fmt: skip
+    reasons = {e.reason for e in jobs.core.list_namespaced_event(namespace).items if e.involved_object.name == "happy"}
     assert {"CreatedPods", "GangAdmitted", "AllReplicasRunning", "AllReplicasSucceeded"} <= reasons
 
 
@@ -120,8 +119,9 @@ def test_scale_restarts_gang_at_new_world_size(jobs: JobClient, kubectl: Any, na
     assert env["WORLD_SIZE"] == "4" and env["RANK"] == "3"
     job = jobs.wait_state("grow", "Running")
     assert job["status"]["restarts"] == 0 and job["status"]["worldSize"] == 4
-    scale = kubectl("get", "-n", namespace, "--raw",
-                    f"/apis/phalanx.dev/v1alpha1/namespaces/{namespace}/trainingjobs/grow/scale").stdout  # fmt: skip
+    scale = kubectl(
+        "get", "-n", namespace, "--raw", f"/apis/phalanx.dev/v1alpha1/namespaces/{namespace}/trainingjobs/grow/scale"
+    ).stdout
     assert '"replicas":4' in scale.replace(" ", "")
     # Outside the elastic bounds the apiserver refuses the scale.
     out = kubectl("scale", "-n", namespace, "tj/grow", "--replicas=5", check=False)

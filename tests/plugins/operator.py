@@ -49,8 +49,9 @@ def operator(crd: Path) -> Iterator[Any]:
     settings.watching.client_timeout = 40
     settings.networking.connect_timeout = 10
     registry = build_registry(op)
-    with KopfRunner(["run", "--standalone", "--all-namespaces"], registry=registry, settings=settings,
-                    timeout=60) as runner:  # fmt: skip
+    with KopfRunner(
+        ["run", "--standalone", "--all-namespaces"], registry=registry, settings=settings, timeout=60
+    ) as runner:
         yield op
     assert runner.exception is None, runner.exception
 
@@ -68,8 +69,9 @@ class OperatorProcess:
             **(env or {}),
         }
         self._log = log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "phalanx.controller"], env=full_env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "phalanx.controller"], env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -150,8 +152,9 @@ class JobClient:
         conds = (self.get(name).get("status") or {}).get("conditions") or []
         return next((c for c in conds if c["type"] == type_), None)
 
-    def wait(self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60,
-             what: str = "condition") -> dict[str, Any]:  # fmt: skip
+    def wait(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60, what: str = "condition"
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         job: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -159,14 +162,17 @@ class JobClient:
             if predicate(job):
                 return job
             time.sleep(0.25)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} on {self.ns}/{name}; "
-                             f"status: {yaml.safe_dump(job.get('status'))}")  # fmt: skip
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what} on {self.ns}/{name}; "
+            f"status: {yaml.safe_dump(job.get('status'))}"
+        )
 
     def wait_state(self, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
         return self.wait(name, lambda j: (j.get("status") or {}).get("state") == state, timeout, f"state {state}")
 
-    def wait_pods(self, name: str, predicate: Callable[[list[client.V1Pod]], bool], timeout: float = 60,
-                  what: str = "pods") -> list[client.V1Pod]:  # fmt: skip
+    def wait_pods(
+        self, name: str, predicate: Callable[[list[client.V1Pod]], bool], timeout: float = 60, what: str = "pods"
+    ) -> list[client.V1Pod]:
         deadline = time.monotonic() + timeout
         pods: list[client.V1Pod] = []
         while time.monotonic() < deadline:
@@ -174,8 +180,10 @@ class JobClient:
             if predicate(pods):
                 return pods
             time.sleep(0.25)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} of {self.ns}/{name}: "
-                             f"{[(p.metadata.name, p.status.phase) for p in pods]}")  # fmt: skip
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what} of {self.ns}/{name}: "
+            f"{[(p.metadata.name, p.status.phase) for p in pods]}"
+        )
 
 
 @pytest.fixture

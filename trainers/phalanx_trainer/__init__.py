@@ -6,7 +6,7 @@ modules that need them, so the contract can be validated (and a bad one reported
 second, and a PyTorch image never needs TensorFlow or the other way round.
 """
 
-from phalanx_trainer.errors import ContractError, Preempted
+from phalanx_trainer.errors import ContractError, Preempted, RuntimeConfigError
 
-__all__ = ["ContractError", "Preempted"]
+__all__ = ["ContractError", "Preempted", "RuntimeConfigError"]
 __version__ = "0.1.0"

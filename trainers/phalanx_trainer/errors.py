@@ -23,3 +23,11 @@ class Preempted(Exception):
         super().__init__(f"preempted at step {step} (checkpoint {'saved' if saved else 'not saved'})")
         self.step = step
         self.saved = saved
+
+
+class RuntimeConfigError(Exception):
+    """The image or the program is set up in a way that cannot work (e.g. Keras 3 with MWMS fit).
+
+    Permanent like a contract error, but not the operator's fault: the CLI prints one line and
+    exits 1.
+    """

@@ -28,11 +28,26 @@ Schema = dict[str, Any]
 
 # Keys that carry over unchanged from JSON Schema to OpenAPI v3 as the apiserver understands it.
 _KEPT = {
-    "type", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "minLength", "maxLength", "pattern", "minItems", "maxItems", "format", "required",
-    "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
-    "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
-}  # fmt: skip
+    "type",
+    "description",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "format",
+    "required",
+    "x-kubernetes-validations",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+}
 
 
 class SchemaError(ValueError):
@@ -101,19 +116,32 @@ def printer_columns() -> list[Schema]:
     return [
         {"name": "State", "type": "string", "jsonPath": ".status.state", "description": "Job state"},
         {"name": "Framework", "type": "string", "jsonPath": ".spec.framework"},
-        {"name": "Replicas", "type": "string", "jsonPath": ".status.readySummary",
-         "description": "Pods ready / desired"},
+        {
+            "name": "Replicas",
+            "type": "string",
+            "jsonPath": ".status.readySummary",
+            "description": "Pods ready / desired",
+        },
         {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus"},
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
-        {"name": "Efficiency", "type": "number", "format": "float",
-         "jsonPath": ".status.throughput.scalingEfficiency", "description": "Weak-scaling efficiency"},
-        {"name": "Samples/s", "type": "number", "jsonPath": ".status.throughput.samplesPerSecond",
-         "priority": 1},
+        {
+            "name": "Efficiency",
+            "type": "number",
+            "format": "float",
+            "jsonPath": ".status.throughput.scalingEfficiency",
+            "description": "Weak-scaling efficiency",
+        },
+        {"name": "Samples/s", "type": "number", "jsonPath": ".status.throughput.samplesPerSecond", "priority": 1},
         {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpoint.step", "priority": 1},
-        {"name": "Checkpointed", "type": "date", "jsonPath": ".status.lastCheckpoint.time", "priority": 1,
-         "description": "Age of the newest checkpoint"},
+        {
+            "name": "Checkpointed",
+            "type": "date",
+            "jsonPath": ".status.lastCheckpoint.time",
+            "priority": 1,
+            "description": "Age of the newest checkpoint",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    ]  # fmt: skip
+    ]
 
 
 def status_schema() -> Schema:

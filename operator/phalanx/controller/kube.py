@@ -100,12 +100,22 @@ class Kube:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"]},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "source": {"component": "phalanx-operator"}, "reportingComponent": "phalanx.dev/operator",
-        }  # fmt: skip
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "phalanx-operator"},
+            "reportingComponent": "phalanx.dev/operator",
+        }
         try:
             await self._run(self.core.create_namespaced_event, meta["namespace"], event)
         except ApiException as exc:  # events are best effort; never fail a reconcile for one
@@ -114,9 +124,14 @@ class Kube:
     async def delete_job(self, namespace: str, name: str) -> None:
         try:
             await self._run(
-                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
                 propagation_policy="Background",
-            )  # fmt: skip
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -7,8 +7,17 @@ from phalanx.api.models import RestartOn
 from phalanx.core.model import PodView
 
 # Pod-level reasons that mean the infrastructure, not the program, ended the pod.
-INFRASTRUCTURE_REASONS = {"Evicted", "NodeLost", "Preempting", "Terminated", "Shutdown", "NodeShutdown",
-                          "UnexpectedAdmissionError", "DeletionByPodGC", "TerminationByKubelet"}  # fmt: skip
+INFRASTRUCTURE_REASONS = {
+    "Evicted",
+    "NodeLost",
+    "Preempting",
+    "Terminated",
+    "Shutdown",
+    "NodeShutdown",
+    "UnexpectedAdmissionError",
+    "DeletionByPodGC",
+    "TerminationByKubelet",
+}
 
 
 def is_failure(pod: PodView) -> bool:

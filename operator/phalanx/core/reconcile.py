@@ -76,8 +76,13 @@ def state_of(status: object) -> str:
     from phalanx.api.models import TrainingJobStatus
 
     assert isinstance(status, TrainingJobStatus)
-    for type_, state in ((cond.FAILED, "Failed"), (cond.SUCCEEDED, "Succeeded"), (cond.SUSPENDED, "Suspended"),
-                         (cond.RESTARTING, "Restarting"), (cond.RUNNING, "Running")):  # fmt: skip
+    for type_, state in (
+        (cond.FAILED, "Failed"),
+        (cond.SUCCEEDED, "Succeeded"),
+        (cond.SUSPENDED, "Suspended"),
+        (cond.RESTARTING, "Restarting"),
+        (cond.RUNNING, "Running"),
+    ):
         if cond.is_true(status, type_):
             return state
     admitted = cond.get(status, cond.ADMITTED)
@@ -214,10 +219,12 @@ def reconcile(
             )
         s.restarts += 1
         return _new_attempt(
-            step, current, "GangRestart",
+            step,
+            current,
+            "GangRestart",
             f"{what}; restarting all {spec.replicas} pods as attempt {s.attempt + 1} "
             f"(restart {s.restarts} of {policy.backoff_limit})",
-        )  # fmt: skip
+        )
 
     if len(current) >= spec.replicas and all(p.phase == "Succeeded" for p in current):
         return step.succeed(f"all {len(current)} pods exited 0", pods)
@@ -226,10 +233,12 @@ def reconcile(
     if sizes and sizes != {spec.replicas}:
         old = max(sizes)
         return _new_attempt(
-            step, current, "Rescaling",
+            step,
+            current,
+            "Rescaling",
             f"replicas {old} -> {spec.replicas}: pods get their grace period to checkpoint, then the gang "
             f"restarts at world size {spec.world_size()} as attempt {s.attempt + 1}",
-        )  # fmt: skip
+        )
 
     gang = Gang(job.name, job.namespace, job.uid, spec, s.attempt)
     have = {p.index for p in current}
@@ -249,10 +258,12 @@ def _admission(
     spec = gang.spec
     if not gated(gang):
         who = (
-            f"Kueue queue {spec.scheduling.queue_name}" if spec.scheduling.queue_name
-            else f"scheduler {spec.scheduling.scheduler_name}" if spec.scheduling.scheduler_name
+            f"Kueue queue {spec.scheduling.queue_name}"
+            if spec.scheduling.queue_name
+            else f"scheduler {spec.scheduling.scheduler_name}"
+            if spec.scheduling.scheduler_name
             else "no gang admission (scheduling.gang=false)"
-        )  # fmt: skip
+        )
         step.condition(cond.ADMITTED, True, "AdmittedExternally", f"admission is left to {who}")
     elif current and not missing and not any(p.gated for p in current):
         step.condition(cond.ADMITTED, True, "GangAdmitted", f"all {len(current)} pods fit; scheduling gates lifted")
@@ -268,9 +279,11 @@ def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView]) -> 
         if s.start_time is None:
             s.start_time = format_time(now)
         step.condition(
-            cond.RUNNING, True, "AllReplicasRunning",
+            cond.RUNNING,
+            True,
+            "AllReplicasRunning",
             f"{spec.replicas} pods, world size {spec.world_size()}, attempt {s.attempt}",
-        )  # fmt: skip
+        )
         if cond.is_true(s, cond.RESTARTING):
             step.condition(cond.RESTARTING, False, "GangRunning", f"attempt {s.attempt} is running")
         return

@@ -24,8 +24,9 @@ def main() -> int:
             continue
         if args.check:
             drifted.append(rel)
-            diff = difflib.unified_diff(have.splitlines(), want.splitlines(), f"{rel} (committed)", f"{rel} (generated)",
-                                        lineterm="", n=1)  # fmt: skip
+            diff = difflib.unified_diff(
+                have.splitlines(), want.splitlines(), f"{rel} (committed)", f"{rel} (generated)", lineterm="", n=1
+            )
             print("\n".join(list(diff)[:40]), file=sys.stderr)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
