@@ -92,7 +92,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     def job_event(**kw: Any) -> None:
         op.enqueue((kw["namespace"], kw["name"]))
         if kw["type"] == "DELETED":
-            op.wake_admitter()
+            op.admitter.wake()
 
     @kopf.on.event("pods", labels=MANAGED, registry=registry)
     def pod_event(**kw: Any) -> None:
@@ -104,7 +104,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
 
     @kopf.on.event("nodes", registry=registry)
     def node_event(**_: Any) -> None:
-        op.wake_admitter()
+        op.admitter.wake()
 
     @kopf.on.probe(id="jobs", registry=registry)
     def gauges(**kw: Any) -> int:

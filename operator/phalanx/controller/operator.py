@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -12,15 +11,15 @@ from typing import Any
 
 from phalanx.api.models import API_VERSION, KIND
 from phalanx.controller import metrics
+from phalanx.controller.admitter import Admitter
 from phalanx.controller.caches import JobKey
 from phalanx.controller.kube import Conflict, Kube, api_error_message
 from phalanx.controller.workqueue import WorkQueue
-from phalanx.core import admission as adm
-from phalanx.core import names
+from phalanx.core.gang import Gang
 from phalanx.core.model import JobView, Plan, PodView
 from phalanx.core.observe import job_view
 from phalanx.core.pods import gated
-from phalanx.core.reconcile import AdmissionNote, reconcile
+from phalanx.core.reconcile import reconcile
 
 log = logging.getLogger("phalanx")
 
@@ -42,16 +41,14 @@ class Operator:
         # The newest status resourceVersion this process wrote per job: a cached job older than it is
         # stale (our own write has not come back through the watch yet) and must not be acted on.
         self._written: dict[JobKey, int] = {}
-        self.notes: dict[JobKey, AdmissionNote] = {}
-        self._admitted: dict[JobKey, int] = {}  # job -> attempt, until the cache shows the gates gone
-        self._admit_wake = asyncio.Event()
+        self.admitter = Admitter(self)
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.indices = indices
         self.kube = Kube()
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
-        self._tasks.append(asyncio.create_task(self._admitter()))
+        self._tasks.append(asyncio.create_task(self.admitter.run()))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -111,10 +108,10 @@ class Operator:
         job = job_view(body, priority)
         pods = self.pods_of(key, job.uid)
         service_exists = self._one("service_index", key) is not None
-        plan = reconcile(job, pods, service_exists, datetime.now(UTC), self.notes.get(key))
+        plan = reconcile(job, pods, service_exists, datetime.now(UTC), self.admitter.notes.get(key))
         await self._apply(key, job, body, plan)
         if job.spec is not None and gated_waiting(job, pods, plan):
-            self._admit_wake.set()
+            self.admitter.wake()
 
     async def _apply(self, key: JobKey, job: JobView, body: Mapping[str, Any], plan: Plan) -> None:
         assert self.kube is not None
@@ -147,104 +144,11 @@ class Operator:
 
     def _forget(self, key: JobKey) -> None:
         self._written.pop(key, None)
-        self.notes.pop(key, None)
-        self._admitted.pop(key, None)
-        self._admit_wake.set()  # its capacity is free now
-
-    # --- gang admission --------------------------------------------------------------------------
-    def wake_admitter(self) -> None:
-        self._admit_wake.set()
-
-    async def _admitter(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._admit_wake.wait(), timeout=5.0)
-            self._admit_wake.clear()
-            try:
-                await self.admit_once()
-            except Exception as exc:
-                log.warning("gang admission failed: %s", api_error_message(exc))
-            await asyncio.sleep(0.05)  # coalesce bursts of pod and node events into one decision
-
-    async def admit_once(self) -> None:
-        assert self.kube is not None
-        nodes = [v for store in self.indices["node_index"].values() for v in store]
-        usage = [u for store in self.indices["usage_index"].values() for u in store]
-        queue: list[adm.GangDemand] = []
-        admitted: list[adm.GangDemand] = []
-        gated_pods: dict[JobKey, list[PodView]] = {}
-        for key, store in list(self.indices["job_index"].items()):
-            body = next(iter(store), None)
-            if body is None:
-                continue
-            job = job_view(body)
-            if job.spec is None or job.status.attempt == 0 or job.deleting:
-                continue
-            pods = [p for p in self.pods_of(key, job.uid) if p.attempt == job.status.attempt]
-            demand = demand_of(job, self.priority(job.spec.scheduling.priority_class_name), len(pods))
-            waiting = [p for p in pods if p.gated and not p.terminating]
-            if self._admitted.get(key) == job.status.attempt:
-                if waiting:
-                    admitted.append(demand)  # admitted by us; the cache has not caught up
-                    gated_pods[key] = waiting
-                    continue
-                self._admitted.pop(key, None)
-            if waiting and len(pods) >= job.spec.replicas:
-                queue.append(demand)
-                gated_pods[key] = waiting
-            elif any(not p.gated and p.node is None and p.phase == "Pending" for p in pods):
-                admitted.append(demand)
-        decision = adm.decide(nodes, usage, admitted, queue)
-        for key in decision.admit:
-            body = self.job_body(key)
-            if body is None:
-                continue
-            self._admitted[key] = int((body.get("status") or {}).get("attempt") or 0)
-            self.notes.pop(key, None)
-            await asyncio.gather(*(self.kube.ungate_pod(key[0], p.name) for p in gated_pods.get(key, [])))
-            metrics.ADMISSIONS.inc()
-            self.enqueue(key)
-        for key, (reason, message) in decision.waiting.items():
-            note = AdmissionNote(reason, message)
-            if self.notes.get(key) != note:
-                self.notes[key] = note
-                self.enqueue(key)
-        # Re-ungate admitted jobs whose pods still show gates (a lost patch or a new pod).
-        for demand in admitted:
-            if demand.key in self._admitted:
-                await asyncio.gather(
-                    *(self.kube.ungate_pod(demand.key[0], p.name) for p in gated_pods.get(demand.key, []))
-                )
-
-
-def demand_of(job: JobView, priority: int, pods: int) -> adm.GangDemand:
-    from phalanx.core.gang import Gang
-    from phalanx.core.pods import build_pod
-
-    assert job.spec is not None
-    # The pod builder is the one place that knows a pod's accelerators, selectors and tolerations.
-    pod = build_pod(Gang(job.name, job.namespace, job.uid, job.spec, max(job.status.attempt, 1)), 0)
-    spec = pod["spec"]
-    from phalanx.controller.caches import accelerator_requests
-
-    return adm.GangDemand(
-        key=(job.namespace, job.name),
-        priority=priority,
-        created=job.created,
-        pods=job.spec.replicas,
-        per_pod=accelerator_requests(spec),
-        node_selector=spec.get("nodeSelector", {}),
-        tolerations=frozenset(t["key"] for t in spec.get("tolerations", [])),
-    )
+        self.admitter.forget(key)
 
 
 def gated_waiting(job: JobView, pods: list[PodView], plan: Plan) -> bool:
     assert job.spec is not None
-    from phalanx.core.gang import Gang
-
     return gated(Gang(job.name, job.namespace, job.uid, job.spec, job.status.attempt)) and (
         bool(plan.create) or any(p.gated for p in pods)
     )
-
-
-_ = names
