@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +15,15 @@ from localcluster.profiles import NODES_ENV, available_profiles
 
 
 def _log(line: str) -> None:
-    print(line, flush=True)
+    # Progress is a courtesy: a closed stdout (`up | head`) must not abort a start half-way.
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             info = cluster.up(args.profile, args.dir, nodes=args.nodes, log=_log)
-            print(info.usage())
+            _log(info.usage())
         elif args.command == "down":
             cluster.down(args.dir, log=_log)
         else:
@@ -52,4 +62,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so a half-done `up` stops what it started.
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

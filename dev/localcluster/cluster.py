@@ -77,11 +77,11 @@ def _info(layout: Layout, state: dict[str, Any], reused: bool) -> ClusterInfo:
 def _healthy(layout: Layout, state: dict[str, Any]) -> tuple[bool, list[str]]:
     """Whether the recorded cluster fully runs; and the names of components that do not."""
     procs = state.get("processes") or []
-    bad = [p["name"] for p in procs if not process.runs(p["pid"], p["exe"])]
+    bad = [f"{p['name']} not running" for p in procs if not process.runs(p["pid"], p["exe"])]
     if state.get("phase") != "ready" or len(procs) != len(components.ORDER):
-        return False, bad or ["(start never finished)"]
+        return False, [*bad, "an earlier `up` never finished"]
     if not bad and not health.probe("kube-apiserver", state["ports"]["kube-apiserver"], pkimod.Pki(layout.pki)):
-        bad.append("kube-apiserver (not ready)")
+        bad.append("kube-apiserver not ready")
     return not bad, bad
 
 
@@ -128,7 +128,7 @@ def up(
                 return _info(layout, state, reused=True)
             stopped = _stop_recorded(layout, state)
             log(
-                f"found a stale cluster in {layout.dir} (not running: {', '.join(bad)}); "
+                f"found a stale cluster in {layout.dir} (not usable: {', '.join(bad)}); "
                 f"stopped {', '.join(stopped) or 'nothing'} and cleaned it, starting afresh"
             )
         return _Starter(layout, prof, bins, die_with_parent, port_picker, log).start()
