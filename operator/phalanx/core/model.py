@@ -46,6 +46,7 @@ class PodView:
     waiting_reason: str | None = None  # ImagePullBackOff, CrashLoopBackOff, ...
     unschedulable: str | None = None  # the scheduler's message when PodScheduled=False
     replicas: int | None = None  # gang size this pod was created for
+    ip: str | None = None  # status.podIP, where the trainer serves its metrics
 
 
 @dataclass(frozen=True)

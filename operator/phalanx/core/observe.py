@@ -66,6 +66,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         waiting_reason=(waiting or {}).get("reason"),
         unschedulable=unschedulable,
         replicas=_int((meta.get("annotations") or {}).get(names.ANNOTATION_REPLICAS), 0) or None,
+        ip=status.get("podIP"),
     )
 
 
