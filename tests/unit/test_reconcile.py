@@ -1,0 +1,166 @@
+"""The pure reconcile: each decision from what exists, with no API and no clock but the one passed in."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from phalanx.api.models import TrainingJobStatus
+from phalanx.core import conditions as cond
+from phalanx.core.model import Plan
+from phalanx.core.reconcile import AdmissionNote, reconcile
+from tests.unit.specs import T0, job, pod, spec
+
+
+def status_after(plan: Plan) -> TrainingJobStatus:
+    return plan.status
+
+
+def test_new_job_creates_service_and_gated_pods_first_attempt() -> None:
+    plan = reconcile(job(spec(replicas=3)), [], service_exists=False, now=T0)
+    kinds = [m["kind"] for m in plan.create]
+    assert kinds == ["Service", "Pod", "Pod", "Pod"]
+    assert [m["metadata"]["name"] for m in plan.create[1:]] == ["j-worker-0", "j-worker-1", "j-worker-2"]
+    s = plan.status
+    assert s.attempt == 1 and s.state == "Queued" and s.world_size == 3 and s.ready_summary == "0/3"
+    admitted = cond.get(s, cond.ADMITTED)
+    assert admitted is not None and admitted.status == "False" and admitted.reason == "WaitingForAdmission"
+    assert plan.status_changed
+
+
+def test_only_missing_ranks_are_created_never_duplicates() -> None:
+    s = TrainingJobStatus(attempt=1)
+    plan = reconcile(job(spec(replicas=4), s), [pod(0, replicas=4), pod(2, replicas=4)], True, T0)
+    assert [m["metadata"]["name"] for m in plan.create] == ["j-worker-1", "j-worker-3"]
+
+
+def test_admission_note_is_shown_while_gated() -> None:
+    s = TrainingJobStatus(attempt=1)
+    pods = [pod(i, phase="Pending", gated=True) for i in range(2)]
+    note = AdmissionNote("InsufficientGPU", "needs 2 pods of 8 x H100 = 16; 8 free across 1 node(s)")
+    plan = reconcile(job(spec(), s), pods, True, T0, note)
+    c = cond.get(plan.status, cond.ADMITTED)
+    assert c is not None and (c.reason, c.message) == (note.reason, note.message)
+    assert plan.status.state == "Queued"
+
+
+def test_all_running_sets_running_and_start_time() -> None:
+    plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), [pod(0), pod(1)], True, T0)
+    s = plan.status
+    assert s.state == "Running" and s.start_time == "2026-01-01T00:00:00Z" and s.replicas.ready == 2
+    assert cond.is_true(s, cond.ADMITTED) and cond.is_true(s, cond.RUNNING)
+    assert [e.reason for e in plan.events] == ["GangAdmitted", "AllReplicasRunning"]
+
+
+def test_unchanged_world_writes_no_status() -> None:
+    first = reconcile(job(spec(), TrainingJobStatus(attempt=1)), [pod(0), pod(1)], True, T0)
+    again = reconcile(job(spec(), first.status), [pod(0), pod(1)], True, T0 + timedelta(seconds=30))
+    assert not again.status_changed and not again.events and not again.create and not again.delete_pods
+
+
+def test_retryable_exit_restarts_whole_gang_as_new_attempt() -> None:
+    pods = [pod(0), pod(1, phase="Failed", exit_code=137, reason="OOMKilled")]
+    plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)
+    s = plan.status
+    assert s.attempt == 2 and s.restarts == 1 and s.state == "Restarting"
+    assert sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+    assert not plan.create  # the barrier: no rank of attempt 2 while attempt 1 lives
+    restarting = cond.get(s, cond.RESTARTING)
+    assert restarting is not None and "j-worker-1 exited with code 137 (OOMKilled)" in restarting.message
+
+
+def test_old_attempt_pods_block_the_new_gang_until_gone() -> None:
+    old = [pod(0, attempt=1, terminating=True), pod(1, attempt=1, phase="Failed", exit_code=137)]
+    plan = reconcile(job(spec(), TrainingJobStatus(attempt=2, restarts=1)), old, True, T0)
+    assert plan.create == [] and plan.delete_pods == ["j-worker-1"]  # the terminating one is not deleted twice
+    plan = reconcile(job(spec(), TrainingJobStatus(attempt=2, restarts=1)), [], True, T0)
+    assert {m["metadata"]["labels"]["phalanx.dev/attempt"] for m in plan.create if m["kind"] == "Pod"} == {"2"}
+
+
+def test_permanent_exit_fails_at_once_and_cleans_running_pods() -> None:
+    pods = [pod(0, phase="Failed", exit_code=1, reason="Error"), pod(1)]
+    plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)
+    failed = cond.get(plan.status, cond.FAILED)
+    assert failed is not None and failed.reason == "PodFailed" and "j-worker-0 exited with code 1" in failed.message
+    assert plan.status.restarts == 0 and plan.delete_pods == ["j-worker-1"]  # cleanPodPolicy Running
+    assert plan.status.completion_time == "2026-01-01T00:00:00Z"
+
+
+def test_restart_on_always_and_never() -> None:
+    failed = [pod(0, phase="Failed", exit_code=1), pod(1)]
+    always = reconcile(job(spec(runPolicy={"restartOn": "always"}), TrainingJobStatus(attempt=1)), failed, True, T0)
+    assert always.status.attempt == 2
+    oom = [pod(0, phase="Failed", exit_code=137), pod(1)]
+    never = reconcile(job(spec(runPolicy={"restartOn": "never"}), TrainingJobStatus(attempt=1)), oom, True, T0)
+    assert cond.is_true(never.status, cond.FAILED)
+
+
+def test_eviction_and_deletion_by_others_are_retryable() -> None:
+    for bad in (pod(1, phase="Failed", reason="Evicted"), pod(1, disrupted=True), pod(1, terminating=True)):
+        plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), [pod(0), bad], True, T0)
+        assert plan.status.attempt == 2, bad
+
+
+def test_backoff_limit_exhausted_fails() -> None:
+    pods = [pod(0, attempt=4, phase="Failed", exit_code=143), pod(1, attempt=4)]
+    plan = reconcile(job(spec(runPolicy={"backoffLimit": 3}), TrainingJobStatus(attempt=4, restarts=3)), pods, True, T0)
+    failed = cond.get(plan.status, cond.FAILED)
+    assert failed is not None and failed.reason == "BackoffLimitExceeded"
+
+
+def test_all_succeeded_succeeds_and_ttl_deletes_later() -> None:
+    s = spec(runPolicy={"ttlSecondsAfterFinished": 60})
+    plan = reconcile(job(s, TrainingJobStatus(attempt=1)), [pod(0, phase="Succeeded"), pod(1, phase="Succeeded")],
+                     True, T0)  # fmt: skip
+    assert plan.status.state == "Succeeded" and plan.requeue_after == 60 and not plan.delete_job
+    later = reconcile(job(s, plan.status), [], True, T0 + timedelta(seconds=61))
+    assert later.delete_job
+
+
+def test_suspend_deletes_pods_and_resume_is_a_new_attempt() -> None:
+    plan = reconcile(job(spec(runPolicy={"suspend": True}), TrainingJobStatus(attempt=1)), [pod(0), pod(1)], True, T0)
+    assert plan.status.state == "Suspended" and sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+    resumed = reconcile(job(spec(), plan.status), [], True, T0)
+    assert resumed.status.attempt == 2 and resumed.status.restarts == 0
+    assert "Resumed" in [e.reason for e in resumed.events]
+
+
+def test_replicas_change_restarts_at_new_world_size_without_counting_a_failure() -> None:
+    plan = reconcile(job(spec(replicas=4), TrainingJobStatus(attempt=1)), [pod(0), pod(1)], True, T0)
+    s = plan.status
+    assert s.attempt == 2 and s.restarts == 0 and cond.get(s, cond.RESTARTING).reason == "Rescaling"  # type: ignore[union-attr]
+    assert sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+
+
+def test_active_deadline_fails_the_job() -> None:
+    s = TrainingJobStatus(attempt=1, start_time="2026-01-01T00:00:00Z")
+    plan = reconcile(job(spec(runPolicy={"activeDeadlineSeconds": 10}), s), [pod(0), pod(1)], True,
+                     T0 + timedelta(seconds=11))  # fmt: skip
+    assert cond.get(plan.status, cond.FAILED).reason == "DeadlineExceeded"  # type: ignore[union-attr]
+
+
+def test_startup_deadline_fails_with_the_pod_reason() -> None:
+    s = spec(runPolicy={"startupDeadlineSeconds": 60})
+    pods = [pod(0), pod(1, phase="Pending", waiting_reason="ImagePullBackOff", message="pull access denied")]
+    first = reconcile(job(s, TrainingJobStatus(attempt=1)), pods, True, T0)
+    running = cond.get(first.status, cond.RUNNING)
+    assert running is not None and running.reason == "ImagePullBackOff" and "j-worker-1" in running.message
+    assert first.requeue_after == 60
+    later = reconcile(job(s, first.status), pods, True, T0 + timedelta(seconds=61))
+    failed = cond.get(later.status, cond.FAILED)
+    assert failed is not None and failed.reason == "ImagePullBackOff" and "startupDeadlineSeconds=60" in failed.message
+
+
+def test_unparseable_or_invalid_spec_is_invalid_spec() -> None:
+    plan = reconcile(job(spec(replicas=2), name="x" * 60), [], False, T0)
+    failed = cond.get(plan.status, cond.FAILED)
+    assert failed is not None and failed.reason == "InvalidSpec" and "metadata.name" in failed.message
+    assert not plan.create
+    tpu = spec("tensorflow", replicas=3, strategy="tpu",
+               resources={"tpu": {"accelerator": "tpu-v5-lite-podslice", "topology": "2x4", "chipsPerHost": 4}})  # fmt: skip
+    msg = cond.get(reconcile(job(tpu), [], False, T0).status, cond.FAILED).message  # type: ignore[union-attr]
+    assert "replicas must be 2, not 3" in msg
+
+
+def test_deleting_job_is_left_to_garbage_collection() -> None:
+    plan = reconcile(job(spec(), TrainingJobStatus(attempt=1), deleting=True), [pod(0, terminating=True)], True, T0)
+    assert not plan.status_changed and not plan.create and not plan.delete_pods
