@@ -24,10 +24,27 @@ def spec(framework: str = "pytorch", replicas: int = 2, **extra: Any) -> Trainin
 
 
 def job(s: TrainingJobSpec, status: TrainingJobStatus | None = None, name: str = "j", **kw: Any) -> JobView:
-    return JobView(name=name, namespace=NS, uid="uid", generation=1, created=T0, spec=s, spec_error=None,
-                   status=status or TrainingJobStatus(), **kw)  # fmt: skip
+    return JobView(
+        name=name,
+        namespace=NS,
+        uid="uid",
+        generation=1,
+        created=T0,
+        spec=s,
+        spec_error=None,
+        status=status or TrainingJobStatus(),
+        **kw,
+    )
 
 
 def pod(index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2, **kw: Any) -> PodView:
-    return PodView(name=f"j-worker-{index}", index=index, attempt=attempt, phase=phase,
-                   ready=phase == "Running", replicas=replicas, node="n1", **kw)  # fmt: skip
+    return PodView(
+        name=f"j-worker-{index}",
+        index=index,
+        attempt=attempt,
+        phase=phase,
+        ready=phase == "Running",
+        replicas=replicas,
+        node="n1",
+        **kw,
+    )

@@ -19,9 +19,15 @@ def test_pod_identity_labels_owner_and_dns() -> None:
         "phalanx.dev/attempt": "2",
     }
     assert meta["ownerReferences"] == [
-        {"apiVersion": "phalanx.dev/v1alpha1", "kind": "TrainingJob", "name": "bert", "uid": "uid-7",
-         "controller": True, "blockOwnerDeletion": True}
-    ]  # fmt: skip
+        {
+            "apiVersion": "phalanx.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "name": "bert",
+            "uid": "uid-7",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert pod["spec"]["hostname"] == "bert-worker-3" and pod["spec"]["subdomain"] == "bert"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["schedulingGates"] == [{"name": "phalanx.dev/gang"}]
@@ -34,8 +40,11 @@ def test_restricted_pod_security_by_default_and_template_wins() -> None:
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
     }
-    loose = spec(template={"spec": {"securityContext": {"runAsNonRoot": False},
-                                    "containers": [{"name": "trainer", "image": "i"}]}})  # fmt: skip
+    loose = spec(
+        template={
+            "spec": {"securityContext": {"runAsNonRoot": False}, "containers": [{"name": "trainer", "image": "i"}]}
+        }
+    )
     assert build_pod(Gang("j", NS, "u", loose, 1), 0)["spec"]["securityContext"]["runAsNonRoot"] is False
 
 

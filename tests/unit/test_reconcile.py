@@ -109,8 +109,9 @@ def test_backoff_limit_exhausted_fails() -> None:
 
 def test_all_succeeded_succeeds_and_ttl_deletes_later() -> None:
     s = spec(runPolicy={"ttlSecondsAfterFinished": 60})
-    plan = reconcile(job(s, TrainingJobStatus(attempt=1)), [pod(0, phase="Succeeded"), pod(1, phase="Succeeded")],
-                     True, T0)  # fmt: skip
+    plan = reconcile(
+        job(s, TrainingJobStatus(attempt=1)), [pod(0, phase="Succeeded"), pod(1, phase="Succeeded")], True, T0
+    )
     assert plan.status.state == "Succeeded" and plan.requeue_after == 60 and not plan.delete_job
     later = reconcile(job(s, plan.status), [], True, T0 + timedelta(seconds=61))
     assert later.delete_job
@@ -133,8 +134,9 @@ def test_replicas_change_restarts_at_new_world_size_without_counting_a_failure()
 
 def test_active_deadline_fails_the_job() -> None:
     s = TrainingJobStatus(attempt=1, start_time="2026-01-01T00:00:00Z")
-    plan = reconcile(job(spec(runPolicy={"activeDeadlineSeconds": 10}), s), [pod(0), pod(1)], True,
-                     T0 + timedelta(seconds=11))  # fmt: skip
+    plan = reconcile(
+        job(spec(runPolicy={"activeDeadlineSeconds": 10}), s), [pod(0), pod(1)], True, T0 + timedelta(seconds=11)
+    )
     assert cond.get(plan.status, cond.FAILED).reason == "DeadlineExceeded"  # type: ignore[union-attr]
 
 
@@ -155,8 +157,12 @@ def test_unparseable_or_invalid_spec_is_invalid_spec() -> None:
     failed = cond.get(plan.status, cond.FAILED)
     assert failed is not None and failed.reason == "InvalidSpec" and "metadata.name" in failed.message
     assert not plan.create
-    tpu = spec("tensorflow", replicas=3, strategy="tpu",
-               resources={"tpu": {"accelerator": "tpu-v5-lite-podslice", "topology": "2x4", "chipsPerHost": 4}})  # fmt: skip
+    tpu = spec(
+        "tensorflow",
+        replicas=3,
+        strategy="tpu",
+        resources={"tpu": {"accelerator": "tpu-v5-lite-podslice", "topology": "2x4", "chipsPerHost": 4}},
+    )
     msg = cond.get(reconcile(job(tpu), [], False, T0).status, cond.FAILED).message  # type: ignore[union-attr]
     assert "replicas must be 2, not 3" in msg
 
