@@ -3,11 +3,16 @@ SHELL := /bin/bash
 PYTHON ?= python3
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainers:$(CURDIR)/dev:$(CURDIR)
 PROFILE ?= default
+PYTEST_ARGS ?=
 
-.PHONY: help deps binaries cluster cluster-down cluster-status generate verify lint test test-unit demo bench
+.PHONY: help deps binaries cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
 
 help:
-	@echo "make demo | make test | make cluster [PROFILE=scale] | make cluster-down | make generate | make verify | make bench"
+	@echo "make demo            run the main example job on a local cluster, end to end"
+	@echo "make test            verify generated files, lint, type-check and run every test"
+	@echo "make cluster         start the local control plane (PROFILE=default|scale); make cluster-down stops it"
+	@echo "make generate        regenerate the CRD, chart copies, values schema, dashboards and API docs"
+	@echo "make bench           run the benchmarks (results in bench-results/)"
 
 deps:  ## Python packages for the operator, the trainers and the tests
 	$(PYTHON) -m pip install -q -e ".[dev,torch,tensorflow]"
@@ -23,3 +28,29 @@ cluster-down:
 
 cluster-status:
 	$(PYTHON) -m localcluster status
+
+operator:  ## run the operator against $$KUBECONFIG (e.g. the local cluster's)
+	$(PYTHON) -m phalanx.controller
+
+generate:
+	$(PYTHON) -m phalanx.generate
+
+verify:  ## fails when a generated file drifted from its source
+	$(PYTHON) -m phalanx.generate --check
+
+lint:
+	ruff check .
+	ruff format --check .
+	mypy
+
+test-unit: verify lint
+	$(PYTHON) -m pytest -m "not cluster and not training and not e2e" $(PYTEST_ARGS)
+
+test: binaries verify lint
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+demo: binaries
+	$(PYTHON) -m demo
+
+bench: binaries
+	$(PYTHON) -m bench

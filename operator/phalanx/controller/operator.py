@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -46,7 +47,8 @@ class Operator:
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.indices = indices
-        self.kube = Kube()
+        # Client-side concurrency of API calls (the python client has no QPS limiter of its own).
+        self.kube = Kube(concurrency=int(os.environ.get("PHALANX_API_CONCURRENCY", "16")))
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(asyncio.create_task(self.admitter.run()))
 

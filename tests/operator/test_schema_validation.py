@@ -1,0 +1,84 @@
+"""Bad specs are refused by the real apiserver at `kubectl apply`, with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.plugins.operator import job_manifest
+
+TEMPLATE = job_manifest("bad", replicas=2)["spec"]["template"]
+
+
+def with_spec(**spec: Any) -> dict[str, Any]:
+    body = job_manifest("bad", replicas=2)
+    body["spec"].update(spec)
+    return body
+
+
+def without(field: str) -> dict[str, Any]:
+    body = job_manifest("bad", replicas=2)
+    del body["spec"][field]
+    return body
+
+
+def tpu(topology: str = "2x4", **extra: Any) -> dict[str, Any]:
+    return {"tpu": {"accelerator": "tpu-v5-lite-podslice", "topology": topology, **extra}}
+
+
+def no_trainer() -> dict[str, Any]:
+    body = job_manifest("bad")
+    body["spec"]["template"] = copy.deepcopy(TEMPLATE)
+    body["spec"]["template"]["spec"]["containers"][0]["name"] = "main"
+    return body
+
+
+CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown framework", with_spec(framework="jax"), "spec.framework"),
+    ("framework missing", without("framework"), "spec.framework"),
+    ("template missing", without("template"), "spec.template"),
+    ("unknown strategy", with_spec(strategy="horovod"), "spec.strategy"),
+    ("tf strategy on pytorch", with_spec(strategy="multiWorkerMirrored"), "spec.strategy"),
+    ("ddp on tensorflow", with_spec(framework="tensorflow", strategy="ddp"), "spec.strategy"),
+    ("zero replicas", with_spec(replicas=0), "spec.replicas"),
+    ("too many replicas", with_spec(replicas=20000), "spec.replicas"),
+    ("replicas as text", with_spec(replicas="four"), "spec.replicas"),
+    ("replicas outside elastic", with_spec(replicas=9, elastic={"minReplicas": 1, "maxReplicas": 8}), "spec.replicas"),
+    ("elastic min above max", with_spec(elastic={"minReplicas": 4, "maxReplicas": 2}), "spec.elastic.minReplicas"),
+    ("procsPerPod zero", with_spec(procsPerPod=0), "spec.procsPerPod"),
+    ("procsPerPod word", with_spec(procsPerPod="many"), "spec.procsPerPod"),
+    ("negative gpus", with_spec(resources={"gpus": -1}), "spec.resources.gpus"),
+    ("gpuProduct without gpus", with_spec(resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3"}), "spec.resources.gpuProduct"),
+    ("tpu without strategy tpu", with_spec(framework="tensorflow", resources=tpu()), "spec.resources.tpu"),
+    ("strategy tpu without tpu", with_spec(framework="tensorflow", strategy="tpu"), "spec.resources.tpu"),
+    ("bad tpu topology", with_spec(framework="tensorflow", strategy="tpu", resources=tpu("2by4")),
+     "spec.resources.tpu.topology"),
+    ("no trainer container", no_trainer(), "spec.template.spec.containers"),
+    ("two checkpoint sources", with_spec(checkpoint={"claimName": "c", "uri": "s3://b/p"}), "spec.checkpoint"),
+    ("relative checkpoint path", with_spec(checkpoint={"claimName": "c", "path": "ckpt"}), "spec.checkpoint.path"),
+    ("keep zero", with_spec(checkpoint={"claimName": "c", "keep": 0}), "spec.checkpoint.keep"),
+    ("bad storage size", with_spec(checkpoint={"storage": {"size": "lots"}}), "spec.checkpoint.storage.size"),
+    ("bad restartOn", with_spec(runPolicy={"restartOn": "sometimes"}), "spec.runPolicy.restartOn"),
+    ("bad cleanPodPolicy", with_spec(runPolicy={"cleanPodPolicy": "Some"}), "spec.runPolicy.cleanPodPolicy"),
+    ("negative backoffLimit", with_spec(runPolicy={"backoffLimit": -1}), "spec.runPolicy.backoffLimit"),
+]
+
+
+@pytest.mark.parametrize(("what", "body", "field"), CASES, ids=[c[0] for c in CASES])
+def test_apiserver_refuses_bad_spec_naming_the_field(
+    what: str, body: dict[str, Any], field: str, kubectl: Any, namespace: str, crd: Any
+) -> None:
+    out = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=False)
+    assert out.returncode != 0, f"{what}: accepted"
+    assert "is invalid" in out.stderr or "error" in out.stderr.lower()
+    assert field in out.stderr, f"{what}: {out.stderr}"
+
+
+def test_good_spec_is_accepted_with_defaults(kubectl: Any, namespace: str, crd: Any) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job_manifest("good")))
+    got = yaml.safe_load(kubectl("get", "-n", namespace, "tj/good", "-o", "yaml").stdout)
+    assert got["spec"]["runPolicy"]["backoffLimit"] == 3 and got["spec"]["procsPerPod"] == "auto"
+    assert got["spec"]["scheduling"]["gang"] is True and got["spec"]["metrics"]["port"] == 9400
