@@ -9,6 +9,7 @@ from typing import Any
 from phalanx.core import names
 from phalanx.core.admission import ACCELERATORS, NodeView, Usage
 from phalanx.core.observe import pod_view
+from phalanx.core.storage import ClaimView
 
 JobKey = tuple[str, str]
 
@@ -64,3 +65,22 @@ def node_entry(body: Mapping[str, Any]) -> NodeView:
 
 def job_key_of_pod(labels: Mapping[str, str], namespace: str) -> JobKey:
     return (namespace, labels[names.LABEL_JOB])
+
+
+def claim_entry(body: Mapping[str, Any]) -> ClaimView:
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    return ClaimView(
+        name=meta["name"],
+        access_modes=tuple(spec.get("accessModes") or ()),
+        phase=status.get("phase") or "Pending",
+        labels=dict(meta.get("labels") or {}),
+        terminating=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def checkpoint_claim(job: JobKey, spec: Mapping[str, Any]) -> str | None:
+    """The claim a job's pods mount (its own or the operator's <job>-checkpoints), from the raw spec."""
+    ckpt = spec.get("checkpoint") or {}
+    if not ckpt or ckpt.get("uri"):
+        return None
+    return str(ckpt.get("claimName") or names.checkpoint_claim_name(job[1]))

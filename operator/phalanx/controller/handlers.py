@@ -21,6 +21,8 @@ from phalanx.core.observe import job_view
 
 JOBS_RESOURCE = (GROUP, VERSION, PLURAL)
 MANAGED = {names.LABEL_JOB: kopf.PRESENT}
+# The caches the operator reads (kopf indexes, by handler id).
+INDEXES = ("job_index", "pod_index", "service_index", "node_index", "usage_index", "priority_index", "claim_index")
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -43,12 +45,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
         if metrics_port:
             start_http_server(metrics_port)
-        await op.start(
-            {
-                k: kwargs[k]
-                for k in ("job_index", "pod_index", "service_index", "node_index", "usage_index", "priority_index")
-            }
-        )
+        await op.start({name: kwargs[name] for name in INDEXES})
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -82,6 +79,14 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     )
     def usage_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {(kw["namespace"], kw["name"]): caches.usage_entry(body)}
+
+    @kopf.index("persistentvolumeclaims", registry=registry, id="claim_index")
+    def claim_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+        return {(kw["namespace"], kw["name"]): caches.claim_entry(body)}
+
+    @kopf.on.event("persistentvolumeclaims", registry=registry)
+    def claim_event(**kw: Any) -> None:
+        op.claim_changed(kw["namespace"], kw["name"])
 
     @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", registry=registry, id="priority_index")
     def priority_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phalanx.api.models import API_VERSION, KIND
-from phalanx.controller import metrics
+from phalanx.controller import caches, metrics
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.caches import JobKey
 from phalanx.controller.kube import Conflict, Kube, api_error_message
@@ -82,6 +82,13 @@ class Operator:
     def enqueue(self, key: JobKey) -> None:
         self.queue.add(key)
 
+    def claim_changed(self, namespace: str, claim: str) -> None:
+        """Wake the jobs of the namespace that mount this claim (O(jobs in the index))."""
+        for key, store in list(self.indices["job_index"].items()):
+            body = next(iter(store), None)
+            if key[0] == namespace and body is not None and caches.checkpoint_claim(key, body["spec"]) == claim:
+                self.enqueue(key)
+
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
@@ -110,7 +117,10 @@ class Operator:
         job = job_view(body, priority)
         pods = self.pods_of(key, job.uid)
         service_exists = self._one("service_index", key) is not None
-        plan = reconcile(job, pods, service_exists, datetime.now(UTC), self.admitter.notes.get(key))
+        claim = caches.checkpoint_claim(key, spec)
+        view = self._one("claim_index", (key[0], claim)) if claim else None
+        claims = {claim: view} if claim and view else {}
+        plan = reconcile(job, pods, service_exists, datetime.now(UTC), self.admitter.notes.get(key), claims)
         await self._apply(key, job, body, plan)
         if job.spec is not None and gated_waiting(job, pods, plan):
             self.admitter.wake()

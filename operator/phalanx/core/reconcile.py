@@ -8,18 +8,19 @@ older attempt are recognised and removed before the next gang starts (ranks neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec
 from phalanx.core import conditions as cond
-from phalanx.core import names
+from phalanx.core import names, storage
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
 from phalanx.core.model import Event, JobView, Plan, PodView
 from phalanx.core.observe import format_time, parse_time
 from phalanx.core.pods import build_pod, build_service, gated
+from phalanx.core.storage import ClaimView
 from phalanx.core.validation import validate
 
 TERMINAL = ("Succeeded", "Failed")
@@ -153,6 +154,7 @@ def reconcile(
     service_exists: bool,
     now: datetime,
     admission: AdmissionNote | None = None,
+    claims: Mapping[str, ClaimView] | None = None,
 ) -> Plan:
     step = _Step(job, now)
     s = step.status
@@ -243,6 +245,16 @@ def reconcile(
     gang = Gang(job.name, job.namespace, job.uid, spec, s.attempt)
     have = {p.index for p in current}
     missing = [i for i in range(spec.replicas) if i not in have]
+    if missing:
+        # Checkpoint storage is settled before any pod exists, so no pod waits on a claim that cannot work.
+        checked = storage.check(gang, claims or {})
+        step.plan.create += checked.create
+        if checked.problem or checked.waiting:
+            reason = storage.INVALID if checked.problem else "WaitingForCheckpointStorage"
+            step.condition(cond.ADMITTED, False, reason, checked.problem or checked.waiting or "")
+            if checked.waiting:
+                step.plan.requeue(1)
+            return step.done()
     if not service_exists:
         step.plan.create.append(build_service(gang))
     if missing:
