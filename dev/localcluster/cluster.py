@@ -26,6 +26,8 @@ Log = Callable[[str], None]
 PortPicker = Callable[[int], list[int]]
 # Components started after the apiserver; they come up in parallel.
 LATE = ("kube-controller-manager", "kube-scheduler", "kwok")
+SHM = Path("/dev/shm")
+ETCD_DATA_PREFIX = "phalanx-etcd-"
 START_TIMEOUT = {"etcd": 30.0, "kube-apiserver": 120.0, "kube-controller-manager": 60.0,
                  "kube-scheduler": 60.0, "kwok": 60.0}  # fmt: skip
 
@@ -92,7 +94,7 @@ def _stop_recorded(layout: Layout, state: dict[str, Any]) -> list[str]:
         if process.stop(proc["pid"], proc["exe"]):
             stopped.append(proc["name"])
     etcd_data = state.get("etcd_data")
-    if etcd_data and Path(etcd_data).name.startswith("phalanx-etcd-"):
+    if etcd_data and Path(etcd_data).name.startswith(ETCD_DATA_PREFIX):
         shutil.rmtree(etcd_data, ignore_errors=True)
     return stopped
 
@@ -131,6 +133,7 @@ def up(
                 f"found a stale cluster in {layout.dir} (not usable: {', '.join(bad)}); "
                 f"stopped {', '.join(stopped) or 'nothing'} and cleaned it, starting afresh"
             )
+        _sweep_orphaned_etcd_data(log)
         return _Starter(layout, prof, bins, die_with_parent, port_picker, log).start()
 
 
@@ -184,11 +187,28 @@ def status(directory: Path | str | None = None) -> tuple[bool, str]:
     return ok, "\n".join(lines)
 
 
+def _sweep_orphaned_etcd_data(log: Log, min_age: float = 120.0) -> None:
+    """Free the tmpfs data (~120 MiB each) of clusters whose owner was killed before `down` ran.
+
+    Only our own prefix, only dirs no live process names on its command line, and only older than
+    min_age so an `up` that made its dir but has not started etcd yet is never raced.
+    """
+    now = time.time()
+    for path in SHM.glob(ETCD_DATA_PREFIX + "*"):
+        try:
+            if now - path.stat().st_mtime < min_age or process.cmdline_mentions(str(path)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log(f"removed orphaned etcd data {path} (its cluster was killed without `down`)")
+
+
 def _etcd_data_dir(layout: Layout) -> Path:
     # tmpfs: etcd's writes then cost no disk I/O, which matters on 2 cores.
-    shm = Path("/dev/shm")
+    shm = SHM
     if shm.is_dir() and os.access(shm, os.W_OK):
-        return Path(tempfile.mkdtemp(prefix="phalanx-etcd-", dir=shm))
+        return Path(tempfile.mkdtemp(prefix=ETCD_DATA_PREFIX, dir=shm))
     path = layout.run / "phalanx-etcd-data"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -210,7 +230,7 @@ class _Starter:
         layout.clean()
         names = self.prof.node_names()
         kwok_config = layout.config / "kwok.yaml"
-        stages.write_kwok_config(kwok_config, nodes=len(names))  # needs Go's module cache: check early
+        stages.write_kwok_config(kwok_config)  # needs Go's module cache: fail before starting anything
         pki = pkimod.create(layout.pki)
         ports = dict(zip(components.PORT_NAMES, self.port_picker(len(components.PORT_NAMES)), strict=True))
         plan = components.Plan(layout, pki, ports, _etcd_data_dir(layout), self.bins, len(names))

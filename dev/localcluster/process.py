@@ -15,10 +15,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when its parent (the
-    # test runner) dies, so a killed pytest leaves no control plane behind.
+    # Runs in the child between fork and exec: ask the kernel to kill it when its parent (the test
+    # runner) dies, so a killed pytest leaves no control plane behind. SIGKILL, not SIGTERM: all
+    # components get it at once, and an apiserver whose etcd vanished hangs in graceful shutdown.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def spawn(
@@ -87,6 +88,20 @@ def stop(pid: int, exe: str, timeout: float = 10.0) -> bool:
             deadline = time.monotonic() + 5
         time.sleep(0.05)
     return True
+
+
+def cmdline_mentions(text: str) -> list[int]:
+    """Pids of live processes whose command line contains text."""
+    needle = text.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def vm_hwm_kib(pid: int) -> int:

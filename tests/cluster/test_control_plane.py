@@ -249,16 +249,7 @@ def _require_binaries() -> None:
 
 def _processes_mentioning(text: str) -> list[int]:
     """Live processes whose command line mentions text (every component's args name its state dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if text.encode() in (entry / "cmdline").read_bytes() and process.alive(int(entry.name)):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return process.cmdline_mentions(text)
 
 
 def test_up_twice_reuses_and_a_half_dead_cluster_is_replaced(tmp_path: Path) -> None:
