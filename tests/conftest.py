@@ -24,6 +24,7 @@ if _DEV not in sys.path:
     sys.path.insert(0, _DEV)
 
 from kubernetes import client, config  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 import localcluster  # noqa: E402
 from localcluster.testing import Kubectl, create_namespace, unique_namespace_name  # noqa: E402
@@ -93,7 +94,11 @@ def namespace(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iter
     """A fresh namespace (its default ServiceAccount exists); deleted after the test, without waiting."""
     name = create_namespace(core_v1, unique_namespace_name(request.node.name))
     yield name
-    core_v1.delete_namespace(name)
+    try:
+        core_v1.delete_namespace(name)
+    except ApiException as e:
+        if e.status != 404:  # the test may have deleted it itself
+            raise
 
 
 @pytest.fixture(scope="session")
