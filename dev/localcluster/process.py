@@ -12,14 +12,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+# Resolved now, in the parent: the child between fork and exec must not dlopen (a lock another thread
+# held at fork time would deadlock it); there it only makes one foreign call.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel to kill it when its parent (the test
     # runner) dies, so a killed pytest leaves no control plane behind. SIGKILL, not SIGTERM: all
     # components get it at once, and an apiserver whose etcd vanished hangs in graceful shutdown.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def spawn(
