@@ -162,7 +162,8 @@ class CheckpointStore:
         return CheckpointWriter(self, step)
 
     def cleanup_incomplete(self) -> list[str]:
-        """Remove leftovers of killed saves: temp dirs, trash, and step dirs without a valid marker.
+        """Remove leftovers of killed saves: temp dirs, trash, and step dirs without a valid marker;
+        then prune to `keep` (a kill between a commit and its prune leaves one checkpoint too many).
 
         Call it once at start-up on the writing rank only, before the first save: a temp dir is
         assumed to belong to a dead writer (phalanx runs one writer per job at a time).
@@ -183,6 +184,7 @@ class CheckpointStore:
         if removed:
             fsync_dir(self.root)
             log.info("removed incomplete checkpoint leftovers: %s", ", ".join(sorted(removed)))
+        self.prune()
         return removed
 
     def prune(self) -> list[int]:

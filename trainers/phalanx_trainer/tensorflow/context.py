@@ -124,7 +124,6 @@ def init_tensorflow(
         tf.config.threading.set_inter_op_parallelism_threads(max(2, intra_op_threads))
     if tf_env.num_workers > 1 and not keras_is_legacy():
         print(f"phalanx_trainer: warning: tf.keras is Keras 3. {KERAS3_MWMS_PROBLEM}", file=sys.stderr, flush=True)
-    preemption = PreemptionWatcher().install()
     metrics = TrainerMetrics(enabled=True, local_world_size=1)
     metrics.set_identity(world_size=tf_env.num_workers, rank=tf_env.worker_rank, attempt=job.attempt, procs_per_pod=1)
     if serve_metrics and job.metrics_port is not None:
@@ -140,6 +139,9 @@ def init_tensorflow(
         cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
         communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation),
     )
+    # After the strategy: TF's coordination service installs its own SIGTERM notifier when the
+    # cluster starts, which would otherwise swallow the signal.
+    preemption = PreemptionWatcher().install()
     return TfContext(
         strategy=strategy,
         tf_env=tf_env,
