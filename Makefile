@@ -21,7 +21,7 @@ binaries:  ## etcd, kube-*, kubectl, kwok, helm built from the Go module proxy, 
 	bash dev/build-binaries.sh
 
 cluster: binaries
-	$(PYTHON) -m localcluster up --profile $(PROFILE)
+	$(PYTHON) -m localcluster up --profile $(PROFILE) $(if $(NODES),--nodes $(NODES))
 
 cluster-down:
 	$(PYTHON) -m localcluster down
