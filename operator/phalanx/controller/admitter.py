@@ -1,7 +1,14 @@
 """The built-in gang admission loop: lifts the scheduling gates of gangs that fit, in priority order.
 
-Decisions come from the pure phalanx.core.admission over the caches; this module only gathers the
-inputs, applies the decision (ungating pods) and tells the reconciler why a job waits.
+Decisions come from the pure phalanx.core.admission over the caches (kopf indexes); this module
+only gathers the inputs, applies the decision (ungating pods, with the simulated node as a
+preference for the scheduler) and tells the reconciler why a job waits. It never lists the API.
+
+State that must survive a restart lives in the pods, not here: a gang is admitted once any pod of
+its current attempt has lost its gate (gates are only ever lifted for a whole gang), so a new
+operator finishes lifting a half-lifted gang instead of queueing it again, and never counts a gang
+twice. What is kept in memory is only a cache: the gangs this process lifted whose pods the watch
+has not shown ungated yet, parsed jobs, and the notes for the reconciler.
 """
 
 from __future__ import annotations
@@ -9,16 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from phalanx.controller import metrics
 from phalanx.controller.caches import JobKey, accelerator_requests
 from phalanx.controller.kube import api_error_message
 from phalanx.core import admission as adm
+from phalanx.core import names
 from phalanx.core.gang import Gang
 from phalanx.core.model import JobView, PodView
 from phalanx.core.observe import job_view
-from phalanx.core.pods import build_pod
+from phalanx.core.pods import build_pod, gated
 from phalanx.core.reconcile import AdmissionNote
 
 if TYPE_CHECKING:
@@ -26,12 +37,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("phalanx")
 
+PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
+# Pods this process ungated may still show gates in the cache for a moment; only after this long is
+# a gate that is still there taken as lost (a failed patch) and lifted again.
+RELIFT_AFTER_SECONDS = 2.0
+# Job states in which no pod of the current attempt waits for admission or binding: skipped cheaply.
+SETTLED_STATES = frozenset({"Running", "Succeeded", "Failed", "Suspended"})
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What admission needs to know of a job's pods; built once per job generation."""
+
+    per_pod: Mapping[str, int]
+    node_selector: Mapping[str, str]
+    tolerations: frozenset[str]
+    affinity: Mapping[str, Any]  # the built pod's spec.affinity, to aim the node-preference patch
+    domain: str | None  # topologyKey of a required affinity to the gang itself: all pods in one domain
+
+
+@dataclass(frozen=True)
+class _Cached:
+    resource_version: str
+    job: JobView
+    shape: Shape
+
 
 class Admitter:
     def __init__(self, op: Operator) -> None:
         self.op = op
         self.notes: dict[JobKey, AdmissionNote] = {}
-        self._admitted: dict[JobKey, int] = {}  # job -> attempt, until the cache shows the gates gone
+        self._lifted: dict[JobKey, tuple[int, float]] = {}  # job -> (attempt, when) we lifted its gates
+        self._jobs: dict[JobKey, _Cached] = {}
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -39,82 +76,188 @@ class Admitter:
 
     def forget(self, key: JobKey) -> None:
         self.notes.pop(key, None)
-        self._admitted.pop(key, None)
-        self._wake.set()  # its capacity is free now
+        self._lifted.pop(key, None)
+        self._jobs.pop(key, None)
+        self.wake()  # its capacity is free now
 
     async def run(self) -> None:
+        # kopf calls event handlers only once every index is filled, and every wake() comes from one
+        # (or from a reconcile, which they start): before the first, the caches may be half-filled
+        # and a decision on them could book a gang twice or fail a job that fits.
+        await self._wake.wait()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
             self._wake.clear()
             try:
                 await self.admit_once()
             except Exception as exc:
                 log.warning("gang admission failed: %s", api_error_message(exc))
             await asyncio.sleep(0.05)  # coalesce bursts of pod and node events into one decision
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
 
-    async def admit_once(self) -> None:
-        assert self.op.kube is not None
-        nodes = [v for store in self.op.indices["node_index"].values() for v in store]
-        usage = [u for store in self.op.indices["usage_index"].values() for u in store]
+    def _cached(self, key: JobKey, body: Mapping[str, Any]) -> _Cached | None:
+        rv = str(body["metadata"].get("resourceVersion", ""))
+        hit = self._jobs.get(key)
+        if hit is not None and hit.resource_version == rv:
+            return hit
+        job = job_view(body)
+        if job.spec is None:
+            return None
+        old = hit.shape if hit is not None and hit.job.generation == job.generation else None
+        entry = _Cached(rv, job, old or shape_of(job))
+        self._jobs[key] = entry
+        return entry
+
+    async def admit_once(self) -> adm.Decision:
+        """One decision over the caches: O(nodes + accelerator pods bound + jobs + pods of waiting jobs)."""
+        indices = self.op.indices
+        nodes = [v for store in indices["node_index"].values() for v in store]
+        usage = [u for store in indices["usage_index"].values() for u in store]
         queue: list[adm.GangDemand] = []
         admitted: list[adm.GangDemand] = []
-        gated_pods: dict[JobKey, list[PodView]] = {}
-        for key, store in list(self.op.indices["job_index"].items()):
+        gated_pods: dict[JobKey, list[PodView]] = {}  # pods still gated, in index order
+        to_place: dict[JobKey, list[PodView]] = {}  # the pods a placement is for, in index order
+        unfinished: list[JobKey] = []  # admitted gangs with gates left (lost patch, crash, new pod)
+        seen: set[JobKey] = set()
+        now = time.monotonic()
+        for key, store in list(indices["job_index"].items()):
             body = next(iter(store), None)
-            if body is None:
+            if body is None or not may_wait(body):
                 continue
-            job = job_view(body)
-            if job.spec is None or job.status.attempt == 0 or job.deleting:
+            entry = self._cached(key, body)
+            if entry is None:
                 continue
-            pods = [p for p in self.op.pods_of(key, job.uid) if p.attempt == job.status.attempt]
-            demand = demand_of(job, self.op.priority(job.spec.scheduling.priority_class_name), len(pods))
-            waiting = [p for p in pods if p.gated and not p.terminating]
-            if self._admitted.get(key) == job.status.attempt:
-                if waiting:
-                    admitted.append(demand)  # admitted by us; the cache has not caught up
+            job, spec = entry.job, entry.job.spec
+            assert spec is not None
+            attempt = job.status.attempt
+            if not gated(Gang(job.name, job.namespace, job.uid, spec, attempt)):
+                continue  # Kueue, a gang scheduler or nobody admits this job
+            seen.add(key)
+            pods = sorted(
+                (p for p in self.op.pods_of(key, job.uid) if p.attempt == attempt and not p.terminating),
+                key=lambda p: p.index,
+            )
+            waiting = [p for p in pods if p.gated]
+            loose = [p for p in pods if p.node is None and p.phase == "Pending"]
+            priority = self.op.priority(spec.scheduling.priority_class_name)
+            ours = self._lifted.get(key)
+            ours_now = ours is not None and ours[0] == attempt
+            if ours is not None and (not ours_now or not waiting):
+                del self._lifted[key]  # the cache caught up (or a new attempt began)
+            if ours_now or any(not p.gated for p in pods):
+                if loose:
+                    admitted.append(demand_of(job, entry.shape, priority, len(loose)))
+                    to_place[key] = loose
+                if waiting and (ours is None or not ours_now or now - ours[1] > RELIFT_AFTER_SECONDS):
+                    unfinished.append(key)
                     gated_pods[key] = waiting
-                    continue
-                self._admitted.pop(key, None)
-            if waiting and len(pods) >= job.spec.replicas:
-                queue.append(demand)
+                continue
+            if waiting and len(pods) >= spec.replicas:
+                queue.append(demand_of(job, entry.shape, priority, spec.replicas))
                 gated_pods[key] = waiting
-            elif any(not p.gated and p.node is None and p.phase == "Pending" for p in pods):
-                admitted.append(demand)
+                to_place[key] = pods
+        for key in [k for k in self._jobs if k not in seen]:
+            del self._jobs[key]
+        for key in [k for k in self.notes if k not in seen]:
+            del self.notes[key]
+        for key in [k for k in self._lifted if k not in seen]:
+            del self._lifted[key]
+
         decision = adm.decide(nodes, usage, admitted, queue)
         for key in decision.admit:
-            body = self.op.job_body(key)
-            if body is None:
-                continue
-            self._admitted[key] = int((body.get("status") or {}).get("attempt") or 0)
+            entry = self._jobs[key]
+            self._lifted[key] = (entry.job.status.attempt, now)
             self.notes.pop(key, None)
-            await asyncio.gather(*(self.op.kube.ungate_pod(key[0], p.name) for p in gated_pods.get(key, [])))
+            await self._lift(key, gated_pods.get(key, []), to_place.get(key, []), decision.placements.get(key))
             metrics.ADMISSIONS.inc()
             self.op.enqueue(key)
-        for key, (reason, message) in decision.waiting.items():
-            note = AdmissionNote(reason, message)
+        for key, why in decision.waiting.items():
+            note = AdmissionNote(why.reason, why.message, why.fatal)
             if self.notes.get(key) != note:
                 self.notes[key] = note
                 self.op.enqueue(key)
-        # Re-ungate admitted jobs whose pods still show gates (a lost patch or a new pod).
-        for demand in admitted:
-            if demand.key in self._admitted:
-                await asyncio.gather(
-                    *(self.op.kube.ungate_pod(demand.key[0], p.name) for p in gated_pods.get(demand.key, []))
+        for key in unfinished:
+            await self._lift(key, gated_pods[key], to_place.get(key, []), decision.placements.get(key))
+        return decision
+
+    async def _lift(
+        self, key: JobKey, pods: list[PodView], placed_pods: list[PodView], placement: list[str] | None
+    ) -> None:
+        """Ungate `pods`; each one the simulation placed gets that node as a scheduling preference."""
+        assert self.op.kube is not None
+        kube, shape = self.op.kube, self._jobs[key].shape
+        node_of = dict(zip((p.name for p in placed_pods), placement or [], strict=False))
+        await asyncio.gather(
+            *(
+                kube.ungate_pod(
+                    key[0], p.name, prefer_node(shape.affinity, node_of[p.name]) if p.name in node_of else None
                 )
+                for p in pods
+            )
+        )
 
 
-def demand_of(job: JobView, priority: int, pods: int) -> adm.GangDemand:
+def may_wait(body: Mapping[str, Any]) -> bool:
+    """Cheap test on the raw job: could any pod of its current attempt wait for admission or binding?"""
+    status = body.get("status") or {}
+    if body["metadata"].get("deletionTimestamp") or not status.get("attempt"):
+        return False
+    return status.get("state") not in SETTLED_STATES
+
+
+def shape_of(job: JobView) -> Shape:
     assert job.spec is not None
     # The pod builder is the one place that knows a pod's accelerators, selectors and tolerations.
-    pod = build_pod(Gang(job.name, job.namespace, job.uid, job.spec, max(job.status.attempt, 1)), 0)
-    spec = pod["spec"]
+    spec = build_pod(Gang(job.name, job.namespace, job.uid, job.spec, max(job.status.attempt, 1)), 0)["spec"]
+    tolerations = frozenset(t.get("key") or adm.ANY_TAINT for t in spec.get("tolerations", []))
+    affinity = spec.get("affinity") or {}
+    required = (affinity.get("podAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or []
+    own = {names.LABEL_JOB: job.name}
+    domain = next(
+        (
+            t["topologyKey"]
+            for t in required
+            if own.items() <= ((t.get("labelSelector") or {}).get("matchLabels") or {}).items()
+        ),
+        None,
+    )
+    return Shape(
+        per_pod=accelerator_requests(spec),
+        node_selector=dict(spec.get("nodeSelector", {})),
+        tolerations=tolerations,
+        affinity=affinity,
+        domain=domain,
+    )
+
+
+def demand_of(job: JobView, shape: Shape, priority: int, pods: int) -> adm.GangDemand:
     return adm.GangDemand(
         key=(job.namespace, job.name),
         priority=priority,
         created=job.created,
-        pods=job.spec.replicas,
-        per_pod=accelerator_requests(spec),
-        node_selector=spec.get("nodeSelector", {}),
-        tolerations=frozenset(t["key"] for t in spec.get("tolerations", [])),
+        pods=pods,
+        per_pod=shape.per_pod,
+        node_selector=shape.node_selector,
+        tolerations=shape.tolerations,
+        domain=shape.domain,
     )
+
+
+def prefer_node(affinity: Mapping[str, Any], node: str) -> list[dict[str, Any]]:
+    """JSON-patch ops adding a preferred node affinity for `node` (allowed while the pod is gated).
+
+    A preference, not a rule: if the node is taken meanwhile the pod still goes wherever it fits.
+    It makes the scheduler follow the packing the admission planned instead of spreading the gang.
+    """
+    term = {
+        "weight": 100,
+        "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]},
+    }
+    node_affinity = affinity.get("nodeAffinity")
+    if not affinity:
+        return [{"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": {PREFERRED: [term]}}}]
+    if node_affinity is None:
+        return [{"op": "add", "path": "/spec/affinity/nodeAffinity", "value": {PREFERRED: [term]}}]
+    if PREFERRED not in node_affinity:
+        return [{"op": "add", "path": f"/spec/affinity/nodeAffinity/{PREFERRED}", "value": [term]}]
+    return [{"op": "add", "path": f"/spec/affinity/nodeAffinity/{PREFERRED}/-", "value": term}]

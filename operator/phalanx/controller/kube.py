@@ -72,14 +72,21 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    async def ungate_pod(self, namespace: str, name: str) -> None:
-        patch = [{"op": "remove", "path": "/spec/schedulingGates"}]
-        try:
-            await self._run(self.core.patch_namespaced_pod, name, namespace, patch)
-        except ApiException as exc:
-            # 404: gone; 422: no gates left to remove (already admitted).
-            if exc.status not in (404, 422):
-                raise
+    async def ungate_pod(self, namespace: str, name: str, also: list[dict[str, Any]] | None = None) -> None:
+        """Lift the pod's scheduling gates. `also`: JSON-patch ops sent in the same atomic patch (the
+        admitter's node preference, which the API accepts only while the pod is gated); if the
+        server refuses them, the gates are lifted alone."""
+        patch: list[dict[str, Any]] = [{"op": "remove", "path": "/spec/schedulingGates"}]
+        for ops in ([*patch, *also], patch) if also else (patch,):
+            try:
+                await self._run(self.core.patch_namespaced_pod, name, namespace, ops)
+                return
+            except ApiException as exc:
+                # 404: gone; 422: no gates left to remove (already admitted), or `also` refused.
+                if exc.status == 404:
+                    return
+                if exc.status != 422:
+                    raise
 
     async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> str:
         """Write the whole status in one call, only if the job is still at the version we read."""

@@ -104,6 +104,9 @@ def _placement(gang: Gang, pod_spec: dict[str, Any], container: dict[str, Any]) 
     tolerations.extend(overrides.get("tolerations", []))
     for part, values in overrides.get("resources", {}).items():
         resources.setdefault(part, {}).update(values)
+    # A strategy may need its pods in one topology domain (a multi-host TPU slice is one node pool).
+    for kind, terms in overrides.get("podAffinity", {}).items():
+        pod_spec.setdefault("affinity", {}).setdefault("podAffinity", {}).setdefault(kind, []).extend(terms)
     if not selector:
         del pod_spec["nodeSelector"]
     if not tolerations:

@@ -32,6 +32,9 @@ class AdmissionNote:
 
     reason: str
     message: str
+    # The gang can never fit the cluster (ExceedsClusterCapacity): the job fails at once instead of
+    # queueing forever (docs/scheduling.md).
+    fatal: bool = False
 
 
 class _Step:
@@ -191,6 +194,8 @@ def reconcile(
     current = [p for p in pods if p.attempt == s.attempt]
     stale = [p for p in pods if p.attempt != s.attempt]
     _counts(step, spec, current)
+    if admission is not None and admission.fatal and gated(Gang(job.name, job.namespace, job.uid, spec, s.attempt)):
+        return step.fail(admission.reason, admission.message, pods)  # gang admission: it can never fit
 
     deadline = spec.run_policy.active_deadline_seconds
     started = parse_time(s.start_time)
