@@ -1,0 +1,89 @@
+"""Kubernetes client helpers shared by the bench process and the client subprocess."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from bench import REPO
+
+PHALANX_CRD = REPO / "crds" / "phalanx.dev_trainingjobs.yaml"
+TJ = ("phalanx.dev", "v1alpha1", "trainingjobs")
+PTJ = ("kubeflow.org", "v1", "pytorchjobs")
+
+
+def api_client(kubeconfig: Path, concurrency: int = 16) -> kubernetes.client.ApiClient:
+    """An ApiClient whose connection pool holds `concurrency` connections (the python client has no
+    QPS limiter: concurrency is the only client-side limit)."""
+    cfg = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    cfg.connection_pool_maxsize = concurrency
+    return kubernetes.client.ApiClient(cfg)
+
+
+def raw(response: Any) -> Any:
+    """The JSON body of a call made with _preload_content=False."""
+    return json.loads(response.data)
+
+
+def apply_crd(api: kubernetes.client.ApiClient, path: Path, timeout: float = 60.0) -> str:
+    """Create or replace a CRD from a YAML file and wait until it is Established; returns its name."""
+    ext = kubernetes.client.ApiextensionsV1Api(api)
+    body = yaml.safe_load(path.read_text())
+    name = body["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, body)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        crd = ext.read_custom_resource_definition(name)
+        conds = (crd.status.conditions if crd.status else None) or []
+        if any(c.type == "Established" and c.status == "True" for c in conds):
+            return str(name)
+        time.sleep(0.2)
+    raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s")
+
+
+def create_namespace(core: kubernetes.client.CoreV1Api, name: str, timeout: float = 60.0) -> str:
+    """A fresh namespace, once its default ServiceAccount exists (pods are refused before that)."""
+    core.create_namespace({"metadata": {"name": name, "labels": {"phalanx.dev/bench": "true"}}})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items):
+            return name
+        time.sleep(0.1)
+    raise TimeoutError(f"ServiceAccount {name}/default not created after {timeout:.0f}s")
+
+
+def delete_namespace(core: kubernetes.client.CoreV1Api, name: str, wait: float = 600.0) -> float:
+    """Delete a namespace and wait until it is gone; returns the seconds it took."""
+    started = time.monotonic()
+    try:
+        core.delete_namespace(name, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    while time.monotonic() - started < wait:
+        try:
+            core.read_namespace(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return time.monotonic() - started
+            raise
+        time.sleep(0.5)
+    raise TimeoutError(f"namespace {name} still exists after {wait:.0f}s")
+
+
+def bench_namespaces(core: kubernetes.client.CoreV1Api) -> list[str]:
+    return [n.metadata.name for n in core.list_namespace(label_selector="phalanx.dev/bench=true").items]
