@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 # Kubernetes resource.Quantity, as the apiserver parses it ("500m", "1", "1.5Gi", "2e3").
-QUANTITY = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+QUANTITY = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PROMETHEUS_DURATION = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
 
-Quantity = Annotated[str, Field(pattern=QUANTITY)] | Annotated[int, Field(ge=0)]
-Port = Annotated[int, Field(ge=1024, le=65535)]  # unprivileged: the operator never runs as root
+
+
+def _quantity(value: str | int | None) -> str | int | None:
+    if isinstance(value, str) and not re.match(QUANTITY, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity such as 500m, 2 or 1Gi")
+    if isinstance(value, int) and value < 0:
+        raise ValueError("a quantity must not be negative")
+    return value
+
+
+# One schema node (not anyOf), so Helm reports a bad quantity in one line naming the pattern.
+Quantity = Annotated[
+    str | int | None,
+    AfterValidator(_quantity),
+    WithJsonSchema({"type": ["string", "integer", "null"], "pattern": QUANTITY, "minimum": 0}),
+]
+Port = Annotated[StrictInt, Field(ge=1024, le=65535)]  # unprivileged: the operator never runs as root
 LabelMap = dict[str, str]
 
 
@@ -78,16 +94,16 @@ class LocalObjectReference(Values):
 
 
 class Rbac(Values):
-    create: bool = True
+    create: StrictBool = True
     """Create the operator's (Cluster)Role and binding. Turn off only if you manage RBAC yourself with the
     same rules (see templates/rbac.yaml)."""
-    aggregate_to_default_roles: bool = True
+    aggregate_to_default_roles: StrictBool = True
     """Add TrainingJob permissions to the built-in admin, edit and view ClusterRoles, so namespace users
     can work with jobs without extra RBAC."""
 
 
 class ServiceAccount(Values):
-    create: bool = True
+    create: StrictBool = True
     """Create the operator's ServiceAccount."""
     name: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", max_length=253)
     """ServiceAccount name; empty means the release's full name."""
@@ -96,7 +112,7 @@ class ServiceAccount(Values):
 
 
 class Operator(Values):
-    workers: int = Field(default=8, ge=1, le=64)
+    workers: StrictInt = Field(default=8, ge=1, le=64)
     """Concurrent reconcile workers (PHALANX_WORKERS)."""
     log_level: LogLevel = LogLevel.NORMAL
     """kopf log verbosity."""
@@ -105,8 +121,8 @@ class Operator(Values):
 
 
 class Resources(Values):
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
+    cpu: Quantity = None
+    memory: Quantity = None
 
 
 class ResourceRequirements(Values):
@@ -116,16 +132,16 @@ class ResourceRequirements(Values):
 
 
 class MetricsService(Values):
-    enabled: bool = True
+    enabled: StrictBool = True
     """Create a Service for the metrics port."""
     type: ServiceType = ServiceType.CLUSTER_IP
-    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] = 8080
     """Service port (the container always listens on metrics.port)."""
     annotations: LabelMap = {}
 
 
 class Monitor(Values):
-    enabled: bool = False
+    enabled: StrictBool = False
     """Create the prometheus-operator object. Skipped, with a warning in the install notes, when the
     cluster does not serve monitoring.coreos.com/v1."""
     interval: str = Field(default="30s", pattern=PROMETHEUS_DURATION)
@@ -135,7 +151,7 @@ class Monitor(Values):
 
 
 class Metrics(Values):
-    enabled: bool = True
+    enabled: StrictBool = True
     """Serve Prometheus metrics (PHALANX_METRICS_PORT); off sets the port to 0."""
     port: Port = 8080
     """Container port of the metrics endpoint."""
