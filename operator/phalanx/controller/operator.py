@@ -15,6 +15,7 @@ from phalanx.controller import caches, metrics
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.caches import JobKey
 from phalanx.controller.kube import Conflict, Kube, api_error_message
+from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core.gang import Gang
 from phalanx.core.model import JobView, Plan, PodView
@@ -43,6 +44,8 @@ class Operator:
         # stale (our own write has not come back through the watch yet) and must not be acted on.
         self._written: dict[JobKey, int] = {}
         self.admitter = Admitter(self)
+        # Trainer telemetry; settings are validated here so a misconfiguration stops the operator at once.
+        self.scraper = Scraper(self, ScrapeSettings.from_env())
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, indices: Mapping[str, Any]) -> None:
@@ -51,6 +54,8 @@ class Operator:
         self.kube = Kube(concurrency=int(os.environ.get("PHALANX_API_CONCURRENCY", "16")))
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(asyncio.create_task(self.admitter.run()))
+        self._tasks.append(asyncio.create_task(self.scraper.run()))
+        self._tasks.append(asyncio.create_task(metrics.refresh_forever(self._job_bodies, lambda: len(self.queue))))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -67,6 +72,9 @@ class Operator:
     def job_body(self, key: JobKey) -> Mapping[str, Any] | None:
         result: Mapping[str, Any] | None = self._one("job_index", key)
         return result
+
+    def _job_bodies(self) -> list[Mapping[str, Any]]:
+        return [b for store in list(self.indices["job_index"].values()) for b in store]
 
     def pods_of(self, key: JobKey, uid: str) -> list[PodView]:
         store = self.indices["pod_index"].get(key)
@@ -120,7 +128,10 @@ class Operator:
         claim = caches.checkpoint_claim(key, spec)
         view = self._one("claim_index", (key[0], claim)) if claim else None
         claims = {claim: view} if claim and view else {}
-        plan = reconcile(job, pods, service_exists, datetime.now(UTC), self.admitter.notes.get(key), claims)
+        telemetry = self.scraper.latest(key)  # the trainers' numbers, folded into status while it runs
+        plan = reconcile(
+            job, pods, service_exists, datetime.now(UTC), self.admitter.notes.get(key), claims, telemetry=telemetry
+        )
         await self._apply(key, job, body, plan)
         if job.spec is not None and gated_waiting(job, pods, plan):
             self.admitter.wake()

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec
 from phalanx.core import conditions as cond
 from phalanx.core import names, storage
+from phalanx.core import telemetry as tm
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
 from phalanx.core.model import Event, JobView, Plan, PodView
@@ -158,6 +159,7 @@ def reconcile(
     now: datetime,
     admission: AdmissionNote | None = None,
     claims: Mapping[str, ClaimView] | None = None,
+    telemetry: tm.JobTelemetry | None = None,
 ) -> Plan:
     step = _Step(job, now)
     s = step.status
@@ -266,6 +268,11 @@ def reconcile(
         step.plan.create += [build_pod(gang, i) for i in missing]
     _admission(step, gang, current, missing, admission)
     _running(step, spec, current)
+    # Telemetry seam (core/telemetry.py): while the gang runs, fold the trainers' latest numbers into
+    # status.throughput and status.lastCheckpoint. Only a material change alters them (values are
+    # rounded and compared with thresholds), so a scrape alone never costs a status write.
+    if telemetry is not None and cond.is_true(s, cond.RUNNING):
+        tm.apply(s, spec, job.created, telemetry)
     return step.done()
 
 

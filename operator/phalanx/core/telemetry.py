@@ -87,16 +87,18 @@ class Summary:
 # --- windows -> job numbers --------------------------------------------------------------------------
 
 
-def current_run(window: Sequence[PodSample]) -> Sequence[PodSample]:
+def current_run(window: Sequence[PodSample]) -> list[PodSample]:
     """The newest samples of `window` (oldest first) that belong to one run of the trainer: same
     attempt, counters never going back. A restart inside the window starts a new run."""
+    if not window:
+        return []
     start = len(window) - 1
     while start > 0:
         prev, cur = window[start - 1], window[start]
         if prev.attempt != cur.attempt or cur.samples < prev.samples or cur.steps < prev.steps:
             break
         start -= 1
-    return window[start:]
+    return [window[i] for i in range(start, len(window))]  # (a deque takes no slices)
 
 
 def pod_rate(window: Sequence[PodSample]) -> float | None:

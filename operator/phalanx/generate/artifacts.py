@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import yaml
 
 from phalanx.api.crd import crd
+from phalanx.generate import dashboards
 from phalanx.generate.apidocs import api_reference
 from phalanx.generate.chart_values import values_schema_json
 
@@ -21,6 +23,8 @@ def artifacts() -> dict[str, Callable[[], str]]:
     return {
         "crds/phalanx.dev_trainingjobs.yaml": crd_yaml,
         "docs/api.md": api_reference,
+        # Grafana dashboards (grafana-foundation-sdk), shipped by the chart's dashboards ConfigMap.
+        **{f"{dashboards.DIRECTORY}/{name}": partial(dashboards.render, name) for name in dashboards.DASHBOARDS},
         # Helm installs crds/ on first install only; docs/install.md says how upgrades apply it.
         "charts/phalanx/crds/trainingjobs.yaml": crd_yaml,
         "charts/phalanx/values.schema.json": values_schema_json,
