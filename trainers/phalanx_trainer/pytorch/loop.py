@@ -100,6 +100,14 @@ class TrainResult:
     last_checkpoint_step: int | None
 
 
+def reseed(seed: int, device: torch.device) -> None:
+    """Seed the generators this step can use. Not torch.manual_seed: on a CUDA build without an
+    initialised GPU it queues a lazy CUDA seeding with a captured stack trace, about 1 ms a call."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)  # CUDA is initialised by now: a direct call on this device
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     # A fixed mix (no Python hash(): it is salted per process for str, and we want stability).
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
@@ -320,7 +328,7 @@ def train(
             reached_end = False
             for batch in loader:
                 if config.reseed_every_step:
-                    torch.manual_seed(step_seed(config.seed, progress.step, rank))
+                    reseed(step_seed(config.seed, progress.step, rank), ctx.device)
                 batch = _to_device(batch, ctx.device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = step_fn(ddp, batch)
