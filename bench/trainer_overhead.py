@@ -100,9 +100,16 @@ def _runtime_trial(args: argparse.Namespace, ctx: Any, ckpt_root: Path) -> float
     model, data = _model_and_data(args)
     # Checkpoint hooks armed (an interval that does not elapse during the trial, so no save lands
     # inside the timed loop; the save cost itself is part 2), no final save.
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, log_every=args.log_every,
-                         checkpoint_interval_seconds=3600.0, save_at_end=False, print_progress=False,
-                         stop_check_every=args.stop_check_every)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_interval_seconds=3600.0,
+        save_at_end=False,
+        print_progress=False,
+        stop_check_every=args.stop_check_every,
+    )
     result = train(ctx, model, data, nn.CrossEntropyLoss(), lambda p: torch.optim.AdamW(p, lr=1e-3), config)
     return float(result.loop_s / args.steps)
 
@@ -115,7 +122,7 @@ def _hook_costs(ctx: Any, args: argparse.Namespace) -> dict[str, float]:
     n = 20000
     m, sched = ctx.metrics, SaveSchedule(every_steps=None, interval_seconds=3600.0)
     t0 = time.perf_counter()
-    for i in range(n):
+    for _ in range(n):
         m.observe_step(0.01, args.batch_size)
     metrics_s = (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
@@ -137,13 +144,23 @@ def _hook_costs(ctx: Any, args: argparse.Namespace) -> dict[str, float]:
         vote.poll(i, False)
         spent += time.perf_counter() - t0
     vote.drain()
-    return {"metrics_observe_step": metrics_s, "checkpoint_schedule_check": schedule_s,
-            "reseed": reseed_s, "stop_vote_poll": spent / polls}
+    return {
+        "metrics_observe_step": metrics_s,
+        "checkpoint_schedule_check": schedule_s,
+        "reseed": reseed_s,
+        "stop_vote_poll": spent / polls,
+    }
 
 
 def _overhead_worker(rank: int, args: argparse.Namespace, port: int, world: int, out: str, ckpt_root: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      NODE_RANK=str(rank), PHALANX_PROCS_PER_POD="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        NODE_RANK=str(rank),
+        PHALANX_PROCS_PER_POD="1",
+    )
     import torch
 
     torch.set_num_threads(args.threads)
@@ -176,8 +193,9 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
     world = 2
     with tempfile.TemporaryDirectory() as tmpdir:
         out = os.path.join(tmpdir, "overhead.json")
-        tmp.start_processes(_overhead_worker, args=(args, _free_port(), world, out, tmpdir), nprocs=world,
-                            start_method="spawn")
+        tmp.start_processes(
+            _overhead_worker, args=(args, _free_port(), world, out, tmpdir), nprocs=world, start_method="spawn"
+        )
         raw = json.loads(Path(out).read_text())
     bare, runtime = statistics.median(raw["bare_step_s"]), statistics.median(raw["runtime_step_s"])
     per_step_hooks = sum(raw["hook_s"].values())
@@ -229,7 +247,7 @@ def bench_checkpoint(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     raw_s: list[float] = []
     nbytes = 0
     for r in range(args.checkpoint_repeats):
-        for mode in (("store", "raw") if r % 2 == 0 else ("raw", "store")):
+        for mode in ("store", "raw") if r % 2 == 0 else ("raw", "store"):
             if mode == "store":
                 t0 = time.perf_counter()
                 with store.begin(r + 1) as w:
@@ -280,8 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "bench": "trainer_overhead",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_start": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_start": os.getloadavg(),
+        },
     }
     import torch
 
@@ -293,10 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         result["checkpoint"] = bench_checkpoint(args, Path(d))
     result["machine"]["loadavg_end"] = os.getloadavg()
 
-    print(f"trainer runtime benchmark ({result['machine']['cpus']} CPUs, load {result['machine']['loadavg_start'][0]:.1f})")
+    mach = result["machine"]
+    print(f"trainer runtime benchmark ({mach['cpus']} CPUs, load {mach['loadavg_start'][0]:.1f})")
     if "overhead" in result:
         o = result["overhead"]
-        print(f"  step overhead, {o['model']}, {o['world_size']} Gloo ranks, median of {o['repeats']} x {o['steps_per_trial']} steps")
+        print(
+            f"  step overhead, {o['model']}, {o['world_size']} Gloo ranks, "
+            f"median of {o['repeats']} x {o['steps_per_trial']} steps"
+        )
         print(f"    {'bare DDP loop':<34} {o['bare_step_s_median'] * 1e3:9.3f} ms/step")
         print(f"    {'phalanx_trainer.train':<34} {o['runtime_step_s_median'] * 1e3:9.3f} ms/step")
         print(f"    {'overhead, end to end':<34} {o['overhead_fraction_end_to_end'] * 100:+9.2f} %")
@@ -305,8 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {'overhead, from hook costs':<34} {o['overhead_fraction_from_hooks'] * 100:9.3f} %")
     c = result["checkpoint"]
     print(f"  checkpoint save, {c['checkpoint_mib']:.0f} MiB, median of {c['repeats']}")
-    print(f"    {'store + torch.save (fsync, commit)':<34} {c['save_s_median']:9.3f} s  {c['save_mib_per_s']:8.1f} MiB/s")
-    print(f"    {'raw write + fsync, same bytes':<34} {c['raw_write_fsync_s_median']:9.3f} s  {c['raw_mib_per_s']:8.1f} MiB/s")
+    for label, secs, rate in (
+        ("store + torch.save (fsync, commit)", c["save_s_median"], c["save_mib_per_s"]),
+        ("raw write + fsync, same bytes", c["raw_write_fsync_s_median"], c["raw_mib_per_s"]),
+    ):
+        print(f"    {label:<34} {secs:9.3f} s  {rate:8.1f} MiB/s")
     print(f"    {'checkpoint / raw throughput':<34} {c['save_vs_raw'] * 100:9.1f} %")
     path = out_dir / f"trainer_overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2))
