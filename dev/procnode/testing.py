@@ -1,0 +1,82 @@
+"""Start and stop a process node as a child process (for the e2e fixtures and the demo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from procnode.node import LABEL, TAINT
+
+# What a pod spec needs to land on a process node (and only there).
+TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": TAINT["value"], "effect": TAINT["effect"]}
+NODE_SELECTOR = {LABEL: "true"}
+
+
+class NodeProcess:
+    """`python -m procnode` as a child process, stopped with SIGTERM (it stops its pods first)."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        state_dir: Path,
+        name: str = "procnode",
+        cpu: str = "8",
+        pod_cidr: str = "127.0.0.0/16",
+        log: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.kubeconfig, self.state_dir, self.name = kubeconfig, state_dir, name
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log or state_dir / "procnode.log"
+        dev = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([dev, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        argv = [sys.executable, "-m", "procnode", "--kubeconfig", str(kubeconfig), "--name", name,
+                "--state-dir", str(state_dir), "--cpu", cpu, "--pod-cidr", pod_cidr, *extra_args]  # fmt: skip
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def wait_ready(self, kubectl: str, timeout: float = 60.0) -> None:
+        """Until the Node is Ready in the API (kubectl: path of a kubectl binary)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"procnode exited with {self.proc.returncode}; see {self.log_path}")
+            out = subprocess.run(
+                [kubectl, f"--kubeconfig={self.kubeconfig}", "get", "node", self.name, "-o", "json"],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode == 0:
+                conds = json.loads(out.stdout).get("status", {}).get("conditions") or []
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                    return
+            time.sleep(0.3)
+        raise RuntimeError(f"node {self.name} not Ready after {timeout:.0f}s; see {self.log_path}")
+
+    def pod_log(self, namespace: str, pod: str, container: str = "trainer") -> str:
+        """The newest log of that pod's container (a pod name is reused across gang attempts)."""
+        dirs = sorted(self.logs_dir.glob(f"{namespace}_{pod}_*"), key=lambda p: p.stat().st_mtime)
+        if not dirs:
+            return ""
+        return (dirs[-1] / f"{container}.log").read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
