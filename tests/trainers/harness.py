@@ -99,6 +99,7 @@ def start_torch_job(
     attempt: int = 1,
     metrics_port: int | None = None,
     name: str = "job",
+    ckpt_uri: str | None = None,
 ) -> Job:
     """One process per pod, as the operator sets it up: MASTER_*, WORLD_SIZE, RANK, NODE_RANK."""
     port = free_port()
@@ -117,6 +118,8 @@ def start_torch_job(
         }
         if ckpt_dir is not None:
             extra["PHALANX_CHECKPOINT_DIR"] = str(ckpt_dir)
+        if ckpt_uri is not None:
+            extra["PHALANX_CHECKPOINT_URI"] = ckpt_uri
         if metrics_port is not None and rank == 0:
             extra["PHALANX_METRICS_PORT"] = str(metrics_port)
         job.procs.append(spawn(TORCH_TRAINER, args, base_env(**extra), tmp / f"{name}-a{attempt}-r{rank}.log"))

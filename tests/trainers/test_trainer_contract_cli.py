@@ -49,3 +49,11 @@ def test_bad_contract_gives_one_line_and_exit_2(module: str, env: dict[str, str]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"{module}: bad contract: {variable}: "), lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_keras3_with_mwms_fit_is_refused_with_one_line() -> None:
+    tf_config = '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}'
+    proc = run(TF_TRAINER, {"TF_CONFIG": tf_config, "TF_USE_LEGACY_KERAS": "0"})
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Keras 3" in lines[0] and "tf-keras" in lines[0], proc.stderr

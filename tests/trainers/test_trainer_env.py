@@ -97,6 +97,8 @@ def test_job_env_defaults_and_values(tmp_path: object) -> None:
         True,
     )
     assert str(read_job_env({"PHALANX_CHECKPOINT_URI": "file:///mnt/ck"}).checkpoint_dir) == "/mnt/ck"
+    remote = read_job_env({"PHALANX_CHECKPOINT_URI": "s3://bucket/runs/j"})
+    assert (remote.checkpoint_uri, remote.checkpoint_dir) == ("s3://bucket/runs/j", None)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +110,9 @@ def test_job_env_defaults_and_values(tmp_path: object) -> None:
         ({"PHALANX_CHECKPOINT_INTERVAL_SECONDS": "nan"}, "PHALANX_CHECKPOINT_INTERVAL_SECONDS"),
         ({"PHALANX_METRICS_PORT": "0"}, "PHALANX_METRICS_PORT"),
         ({"PHALANX_CHECKPOINT_DIR": "relative/dir"}, "PHALANX_CHECKPOINT_DIR"),
-        ({"PHALANX_CHECKPOINT_URI": "s3://bucket/x"}, "PHALANX_CHECKPOINT_URI"),
+        ({"PHALANX_CHECKPOINT_URI": "s3://bucket/x", "PHALANX_CHECKPOINT_DIR": "/ckpt"}, "PHALANX_CHECKPOINT_URI"),
+        ({"PHALANX_CHECKPOINT_URI": "file:///a", "PHALANX_CHECKPOINT_DIR": "/b"}, "PHALANX_CHECKPOINT_URI"),
+        ({"PHALANX_CHECKPOINT_URI": "s3://"}, "PHALANX_CHECKPOINT_URI"),
     ],
 )
 def test_job_env_garbled_values_name_the_variable(environ: dict[str, str], variable: str) -> None:

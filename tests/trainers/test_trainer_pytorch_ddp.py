@@ -254,3 +254,25 @@ def test_metrics_endpoint_while_training(tmp_path: Path, cleanup: list[Job]) -> 
     # Live values, not a snapshot: the counter keeps moving.
     wait_for(lambda: scrape()["phalanx_trainer_steps_total"] > steps, 30, "the step counter to move", poll=0.1)
     job.kill()
+
+
+def test_checkpoints_through_an_object_store_url(
+    tmp_path: Path, reference: dict[str, Path], cleanup: list[Job]
+) -> None:
+    # fsspec's "local://" goes through the object-store code path (upload, marker, download).
+    from phalanx_trainer.checkpoint.remote import RemoteCheckpointStore
+
+    uri = f"local://{tmp_path}/bucket/run"
+    first = start_torch_job(tmp_path, 2, [*MODEL_ARGS[:1], "120", *MODEL_ARGS[2:]], ckpt_dir=None, ckpt_uri=uri)
+    cleanup.append(first)
+    first.wait_ok(timeout=120)
+    remote = RemoteCheckpointStore(uri, cache_dir=tmp_path / "cache")
+    assert [c.step for c in remote.committed()] == [120]
+    second = start_torch_job(
+        tmp_path, 2, [*MODEL_ARGS, "--out", str(tmp_path / "final.pt")], ckpt_dir=None, ckpt_uri=uri, attempt=2
+    )
+    cleanup.append(second)
+    second.wait_ok(timeout=120)
+    assert "resumed from step 120 (attempt 2, world size 2 -> 2)" in second.chief.output()
+    assert [c.step for c in remote.committed()] == [120, 200]
+    assert_bit_equal(load_params(tmp_path / "final.pt"), load_params(reference["final"]))

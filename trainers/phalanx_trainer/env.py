@@ -96,6 +96,7 @@ class JobEnv:
     replica_index: int  # the pod's index in the gang
     procs_per_pod: int
     checkpoint_dir: Path | None
+    checkpoint_uri: str | None  # a remote fsspec URL (s3://, gs://, ...); None for a directory
     checkpoint_keep: int
     checkpoint_interval_seconds: float | None
     metrics_port: int | None  # None: do not serve metrics
@@ -110,6 +111,7 @@ def read_job_env(environ: Environ | None = None) -> JobEnv:
     checkpoint_dir = get_str(env, contract.CHECKPOINT_DIR)
     uri = get_str(env, contract.CHECKPOINT_URI)
     path: Path | None = Path(checkpoint_dir) if checkpoint_dir else None
+    remote: str | None = None
     if uri is not None:
         parsed = urlparse(uri)
         if parsed.scheme in ("", "file"):
@@ -120,14 +122,14 @@ def read_job_env(environ: Environ | None = None) -> JobEnv:
                     f"{uri!r} disagrees with {contract.CHECKPOINT_DIR}={checkpoint_dir!r}",
                 )
             path = uri_path
-        elif path is None:
-            # Object stores have no atomic rename or fsync; the store's commit protocol relies on
-            # both. Say so instead of writing checkpoints that may not be durable.
+        elif path is not None:
             raise ContractError(
-                contract.CHECKPOINT_URI,
-                f"scheme {parsed.scheme!r} is not supported by this runtime; mount the bucket "
-                f"(e.g. a CSI volume) and set {contract.CHECKPOINT_DIR}",
+                contract.CHECKPOINT_URI, f"{uri!r} and {contract.CHECKPOINT_DIR}={checkpoint_dir!r}: set only one"
             )
+        elif not parsed.netloc and not parsed.path.strip("/"):
+            raise ContractError(contract.CHECKPOINT_URI, f"{uri!r} names no bucket or path")
+        else:
+            remote = uri
     if path is not None and not path.is_absolute():
         raise ContractError(contract.CHECKPOINT_DIR, f"must be an absolute path, got {str(path)!r}")
     return JobEnv(
@@ -136,6 +138,7 @@ def read_job_env(environ: Environ | None = None) -> JobEnv:
         replica_index=_opt_int(env, contract.REPLICA_INDEX, minimum=0) or 0,
         procs_per_pod=_opt_int(env, contract.PROCS_PER_POD, minimum=1) or 1,
         checkpoint_dir=path,
+        checkpoint_uri=remote,
         checkpoint_keep=_opt_int(env, contract.CHECKPOINT_KEEP, minimum=1) or DEFAULT_CHECKPOINT_KEEP,
         checkpoint_interval_seconds=_opt_float(env, contract.CHECKPOINT_INTERVAL_SECONDS, minimum=0.0) or None,
         metrics_port=_port(env, contract.METRICS_PORT),

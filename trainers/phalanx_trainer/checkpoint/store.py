@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from phalanx_trainer.checkpoint.fsutil import fsync_dir, fsync_tree, write_bytes_durably
 from phalanx_trainer.env import DEFAULT_CHECKPOINT_KEEP, JobEnv
@@ -268,3 +268,40 @@ class CheckpointWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.abort()
+
+
+class Writer(Protocol):
+    """What the framework adapters need from a save in progress (local or remote store)."""
+
+    step: int
+    path: Path  # a local directory to write into
+
+    def file(self, name: str) -> Path: ...
+    def commit(self, meta: Mapping[str, Any] | None = None) -> Checkpoint: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> Writer: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class Store(Protocol):
+    """A checkpoint store: `CheckpointStore` (a directory) or `RemoteCheckpointStore` (fsspec URL)."""
+
+    keep: int
+
+    def latest(self) -> Checkpoint | None: ...
+    def get(self, step: int) -> Checkpoint | None: ...
+    def committed(self) -> list[Checkpoint]: ...
+    def begin(self, step: int) -> Writer: ...
+    def cleanup_incomplete(self) -> list[str]: ...
+    def prune(self) -> list[int]: ...
+
+
+def open_store(job: JobEnv) -> Store | None:
+    """The store the contract names: PHALANX_CHECKPOINT_DIR (or a file:// URI), or a remote URI."""
+    if job.checkpoint_uri is not None:
+        from phalanx_trainer.checkpoint.remote import RemoteCheckpointStore
+
+        return RemoteCheckpointStore(job.checkpoint_uri, keep=job.checkpoint_keep)
+    return CheckpointStore.from_job_env(job)

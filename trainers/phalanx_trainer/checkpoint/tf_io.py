@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from phalanx_trainer.checkpoint.store import Checkpoint, CheckpointStore
+from phalanx_trainer.checkpoint.store import Checkpoint, Store
 
 CKPT_PREFIX = "ckpt"  # TF writes ckpt.index and ckpt.data-00000-of-00001 under the step directory
 
 
 class TfCheckpointer:
     def __init__(
-        self, checkpoint: Any, store: CheckpointStore | None, *, is_chief: bool, scratch_root: Path | None = None
+        self, checkpoint: Any, store: Store | None, *, is_chief: bool, scratch_root: Path | None = None
     ) -> None:
         self.checkpoint = checkpoint  # a tf.train.Checkpoint
         self.store = store

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from phalanx_trainer.checkpoint.store import Checkpoint, CheckpointWriter
+from phalanx_trainer.checkpoint.store import Checkpoint, Writer
 
 
-def save_object(writer: CheckpointWriter, name: str, obj: Any) -> Path:
+def save_object(writer: Writer, name: str, obj: Any) -> Path:
     # A path (not a Python file object) lets torch use its C++ writer; commit() fsyncs it.
     path = writer.file(name)
     torch.save(obj, str(path))

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 from phalanx import contract
-from phalanx_trainer.checkpoint.store import CheckpointStore
+from phalanx_trainer.checkpoint.store import Store, open_store
 from phalanx_trainer.env import JobEnv, TorchEnv, read_job_env, read_torch_env
 from phalanx_trainer.errors import ContractError, Preempted
 from phalanx_trainer.metrics import TrainerMetrics
@@ -45,7 +45,7 @@ class DistContext:
     device: torch.device
     metrics: TrainerMetrics
     preemption: PreemptionWatcher
-    store: CheckpointStore | None
+    store: Store | None
     # A gloo group for tiny control messages (the preemption stop vote, checkpoint step choice),
     # kept apart from the training group so it never queues behind gradient buckets and works
     # on CPU tensors even when training uses NCCL. None when the world has one process.
@@ -142,7 +142,7 @@ def init_distributed(
         device=device,
         metrics=metrics,
         preemption=preemption,
-        store=CheckpointStore.from_job_env(job),
+        store=open_store(job),
         control_group=control,
     )
 

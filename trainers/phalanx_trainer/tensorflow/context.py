@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow as tf
 
 from phalanx import contract
-from phalanx_trainer.checkpoint.store import Checkpoint, CheckpointStore
+from phalanx_trainer.checkpoint.store import Checkpoint, Store, open_store
 from phalanx_trainer.env import JobEnv, TfEnv, read_job_env, read_tf_env
 from phalanx_trainer.errors import ContractError, RuntimeConfigError
 from phalanx_trainer.metrics import TrainerMetrics
@@ -32,7 +32,7 @@ class TfContext:
     job: JobEnv
     metrics: TrainerMetrics
     preemption: PreemptionWatcher
-    store: CheckpointStore | None
+    store: Store | None
     _sum_fn: Any = field(default=None, repr=False)
 
     @property
@@ -148,5 +148,5 @@ def init_tensorflow(
         job=job,
         metrics=metrics,
         preemption=preemption,
-        store=CheckpointStore.from_job_env(job),
+        store=open_store(job),
     )
