@@ -8,13 +8,31 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from procnode.node import LABEL, TAINT
 
 # What a pod spec needs to land on a process node (and only there).
 TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": TAINT["value"], "effect": TAINT["effect"]}
 NODE_SELECTOR = {LABEL: "true"}
+
+
+@dataclass(frozen=True)
+class PodRunLog:
+    """One pod the node ran: its log dir and pod.json (uid, ip, labels, start time)."""
+
+    dir: Path
+    about: dict[str, Any]
+
+    @property
+    def attempt(self) -> int:
+        return int(self.about["labels"].get("phalanx.dev/attempt", 0))
+
+    def log(self, container: str = "trainer") -> str:
+        path = self.dir / f"{container}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 class NodeProcess:
@@ -64,12 +82,19 @@ class NodeProcess:
             time.sleep(0.3)
         raise RuntimeError(f"node {self.name} not Ready after {timeout:.0f}s; see {self.log_path}")
 
+    def pod_runs(self, namespace: str, pod: str) -> list[PodRunLog]:
+        """Every pod of that name the node ran, oldest first (gang attempts reuse pod names)."""
+        runs = []
+        for d in self.logs_dir.glob(f"{namespace}_{pod}_*"):
+            about = d / "pod.json"
+            if about.exists():
+                runs.append(PodRunLog(d, json.loads(about.read_text())))
+        return sorted(runs, key=lambda r: (r.about["started"], r.dir.stat().st_mtime))
+
     def pod_log(self, namespace: str, pod: str, container: str = "trainer") -> str:
-        """The newest log of that pod's container (a pod name is reused across gang attempts)."""
-        dirs = sorted(self.logs_dir.glob(f"{namespace}_{pod}_*"), key=lambda p: p.stat().st_mtime)
-        if not dirs:
-            return ""
-        return (dirs[-1] / f"{container}.log").read_text(errors="replace")
+        """The log of the newest pod of that name ("" if none ran yet)."""
+        runs = self.pod_runs(namespace, pod)
+        return runs[-1].log(container) if runs else ""
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc.poll() is None:
