@@ -307,7 +307,7 @@ class ProcessNode:
         if phase != "Pending":
             # Ran under an earlier procnode process; its processes died with it (parent-death signal).
             lost = podspec.failed_status("NodeLost", "procnode restarted; the pod's processes are gone")
-            self._patch_status(ns, name, lost)
+            self._patch_status(ns, name, uid, lost)
             self.done.add(uid)
             return
         ip = self.addresses.allocate(r.ip for r in self.runs.values())
@@ -318,7 +318,7 @@ class ProcessNode:
             plans = self._plan(run)
         except EnvError as e:
             self.retry_at[uid] = time.monotonic() + CONFIG_RETRY
-            self._patch_status(ns, name, _waiting(pod, "CreateContainerConfigError", str(e)))
+            self._patch_status(ns, name, uid, _waiting(pod, "CreateContainerConfigError", str(e)))
             log.info("%s/%s: not started yet: %s", ns, name, e)
             return
         self.retry_at.pop(uid, None)
@@ -520,12 +520,12 @@ class ProcessNode:
             if not run.reported_running and not run.gone and all(c.proc is not None for c in run.containers.values()):
                 started = {c.name: (c.pid, c.started_at) for c in run.containers.values()}
                 body = podspec.running_status(run.pod, run.ip, HOST_IP, started)
-                run.reported_running = self._patch_status(run.namespace, run.name, body)
+                run.reported_running = self._patch_status(run.namespace, run.name, run.uid, body)
             return
         if not run.reported_terminal and not run.gone:
             outcomes = {n: c.outcome for n, c in run.containers.items() if c.outcome is not None}
             run.reported_terminal = self._patch_status(
-                run.namespace, run.name, podspec.terminal_status(run.pod, outcomes, run.ip, HOST_IP)
+                run.namespace, run.name, run.uid, podspec.terminal_status(run.pod, outcomes, run.ip, HOST_IP)
             )
             if not run.reported_terminal:
                 return
@@ -560,13 +560,19 @@ class ProcessNode:
         shutil.rmtree(run.dir, ignore_errors=True)  # emptyDirs go with the pod; logs stay
         log.info("%s: gone", run.key)
 
-    def _patch_status(self, ns: str, name: str, body: JSON) -> bool:
+    def _patch_status(self, ns: str, name: str, uid: str, body: JSON) -> bool:
+        """Patch the pod's status; the uid in the body makes it a precondition (a newer pod of the
+        same name, e.g. the next gang attempt, is never written with this one's status)."""
+        body = {**body, "metadata": {"uid": uid}}
         try:
             self.kube.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", body)
             return True
         except ApiError as e:
-            if e.status == 404:
-                return True  # nothing left to report to
+            if e.status == 404 or (e.status == 422 and "metadata.uid" in str(e)):
+                return True  # gone, or replaced by another pod of that name: nothing left to report to
+            if e.status in (400, 422):
+                log.error("%s/%s: status update rejected (not retried): %s", ns, name, e)
+                return True
             log.warning("%s/%s: status update failed (will retry): %s", ns, name, e)
             return False
 
@@ -613,7 +619,7 @@ class ProcessNode:
                         c.proc.wait(5)
             if not run.reported_terminal and not run.gone:
                 msg = "Pod was terminated because its process node shut down."
-                self._patch_status(run.namespace, run.name, podspec.failed_status("Terminated", msg))
+                self._patch_status(run.namespace, run.name, run.uid, podspec.failed_status("Terminated", msg))
         if self.cfg.delete_node_on_exit:
             with contextlib.suppress(ApiError, OSError):
                 self.kube.delete(f"/api/v1/nodes/{self.cfg.name}")

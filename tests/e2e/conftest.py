@@ -1,8 +1,9 @@
 """Fixtures of the end-to-end suite: the real control plane (tests/conftest.py), a process node
 (dev/procnode) that runs the pods as local processes, and the operator as its own process.
 
-- procnode (session): the node, with its own pod address block; its pods' logs are under
-  procnode.logs_dir (a dir per pod: <ns>_<pod>_<uid>/<container>.log and pod.json).
+- procnode (module): the node, with its own pod address block; its pods' logs are under
+  procnode.logs_dir (a dir per pod: <ns>_<pod>_<uid>/<container>.log and pod.json). Module scope:
+  the node exists only while e2e tests run, so it never counts in other tests' cluster capacity.
 - e2e_operator (module): `python -m phalanx.controller`, scraping trainer metrics every second.
 - claim: a PVC bound to a hostPath PV in a fresh dir, for checkpoints; returns (name, host dir).
 - apply: `kubectl apply -f -` of dicts in the test's namespace.
@@ -30,7 +31,7 @@ from procnode.testing import NODE_SELECTOR, TOLERATION, NodeProcess  # noqa: E40
 from tests.plugins.operator import OperatorProcess  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def procnode(kubeconfig: Path, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     if os.geteuid() != 0:
         pytest.fail("the process node needs root (a mount namespace per pod); run the e2e suite as root")
