@@ -453,8 +453,9 @@ class ProcessNode:
 
     def _spawn(self, run: PodRun, name: str, plan: JSON) -> Container:
         spec_path = run.dir / f"{name}.sandbox.json"
-        spec_path.write_text(json.dumps(plan))
-        spec_path.chmod(0o600)
+        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the pod's env
+        with os.fdopen(fd, "w") as fh:
+            json.dump(plan, fh)
         Path(plan["error_file"]).unlink(missing_ok=True)
         log_path = Path(plan["log"])
         t = podspec.now()

@@ -229,7 +229,7 @@ def test_scale_up_sigterms_saves_and_resumes_at_world_size_3(
     claim: Callable[[str], Path], kubectl: Kubectl,
 ) -> None:  # fmt: skip
     claim_dir = claim("ckpt")
-    args = ["--steps", "80", "--batch-size", "16", "--checkpoint-every-steps", "10", "--step-sleep", "0.2",
+    args = ["--steps", "60", "--batch-size", "16", "--checkpoint-every-steps", "10", "--step-sleep", "0.15",
             "--log-every", "10", "--out", "/checkpoints/final.pt"]  # fmt: skip
     manifest = training_job("elastic", "ckpt", args, elastic={"minReplicas": 1, "maxReplicas": 4})
     kubectl_apply(kubectl, namespace, manifest)
@@ -253,7 +253,7 @@ def test_scale_up_sigterms_saves_and_resumes_at_world_size_3(
     step = saved.pop()
     log = procnode.pod_log(namespace, "elastic-worker-0")
     assert f"resumed from step {step} (attempt 2, world size 2 -> 3)" in log, log
-    assert re.search(rf"^done step 80/80 .* world 3 resumed_from {step} ", log, re.M), log
+    assert re.search(rf"^done step 60/60 .* world 3 resumed_from {step} ", log, re.M), log
 
 
 def test_tensorflow_multiworker_mirrored_trains_to_completion(
