@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-final-checkpoint", action="store_true")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--stop-check-every", type=int, default=10, help="steps between the ranks' SIGTERM votes")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
     p.add_argument("--out", default=None, help="rank 0 saves the final model state_dict here (torch.save)")
     p.add_argument(
@@ -108,6 +109,7 @@ def worker(torch_env: TorchEnv, args: argparse.Namespace) -> None:
             checkpoint_every_steps=args.checkpoint_every_steps,
             checkpoint_interval_seconds=args.checkpoint_interval_seconds,
             save_at_end=not args.no_final_checkpoint,
+            stop_check_every=args.stop_check_every,
             log_every=args.log_every,
             step_sleep=args.step_sleep,
         )
