@@ -6,10 +6,13 @@ from the module cache (`go mod download -json`), never copied into this repo.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import kubernetes
@@ -19,6 +22,10 @@ MODULE = "github.com/kubeflow/training-operator"
 VERSION = os.environ.get("KUBEFLOW_TRAINING_OPERATOR_VERSION", "v1.8.1")
 NAMESPACE = "kubeflow"  # MY_POD_NAMESPACE: where its cert rotator keeps the webhook Secret
 WEBHOOK_CONFIG = "validator.training-operator.kubeflow.org"
+WEBHOOK_SECRET = "training-operator-webhook-cert"  # its manifests ship it empty; the rotator fills it
+
+
+CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")  # hard-coded in its pkg/cert
 
 
 class KubeflowUnavailable(Exception):
@@ -80,7 +87,7 @@ def ensure_binary(log: object = print) -> Path:
 
 
 def prepare_cluster(api: kubernetes.client.ApiClient) -> None:
-    """What its Deployment would have: its namespace (for the cert Secret) and a
+    """What its manifests install besides the Deployment: its namespace, the (empty) webhook cert Secret and a
     ValidatingWebhookConfiguration for the cert rotator to inject its CA into. The configuration lists
     no webhooks: the apiserver cannot reach a webhook server outside the cluster network, and phalanx
     has no admission webhook either (its validation is the CRD's schema and CEL rules)."""
@@ -92,7 +99,27 @@ def prepare_cluster(api: kubernetes.client.ApiClient) -> None:
         if exc.status != 409:
             raise
     try:
+        core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": WEBHOOK_SECRET}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    try:
         adm.create_validating_webhook_configuration({"metadata": {"name": WEBHOOK_CONFIG}, "webhooks": []})
     except ApiException as exc:
         if exc.status != 409:
             raise
+
+
+def mount_certs(api: kubernetes.client.ApiClient, stop: threading.Event, timeout: float = 120.0) -> None:
+    """Play the kubelet's Secret volume: once the operator's cert rotator has filled its Secret, write
+    the files into the directory it expects them in (it waits for them before it reports ready)."""
+    core = kubernetes.client.CoreV1Api(api)
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        data = core.read_namespaced_secret(WEBHOOK_SECRET, NAMESPACE).data or {}
+        if all(k in data for k in ("tls.crt", "tls.key", "ca.crt")):
+            CERT_DIR.mkdir(parents=True, exist_ok=True)
+            for key, value in data.items():
+                (CERT_DIR / key).write_bytes(base64.b64decode(value))
+            return
+        time.sleep(0.5)

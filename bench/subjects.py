@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench import REPO, kubeflow, procstat
+from bench import REPO, kube, kubeflow, procstat
 from bench.workloads import KUBEFLOW_JOB_LABEL, JobSpec
 from phalanx.core import names
 
@@ -272,7 +272,16 @@ class Kubeflow(Subject):
             stderr=subprocess.STDOUT,
         )
         log.close()
-        self._wait_ready(f"http://127.0.0.1:{probe}/readyz", "Kubeflow's training operator")
+        stop = threading.Event()
+        api = kube.api_client(self.kubeconfig, 2)
+        mounter = threading.Thread(target=kubeflow.mount_certs, args=(api, stop), daemon=True)
+        mounter.start()
+        try:
+            self._wait_ready(f"http://127.0.0.1:{probe}/readyz", "Kubeflow's training operator")
+        finally:
+            stop.set()
+            mounter.join(5)
+            api.close()
 
     def rank_pod(self, job: str, rank: int) -> str:
         return f"{job}-master-0" if rank == 0 else f"{job}-worker-{rank - 1}"
