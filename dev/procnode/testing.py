@@ -53,8 +53,10 @@ class NodeProcess:
         self.log_path = log or state_dir / "procnode.log"
         dev = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([dev, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        argv = [sys.executable, "-m", "procnode", "--kubeconfig", str(kubeconfig), "--name", name,
-                "--state-dir", str(state_dir), "--cpu", cpu, "--pod-cidr", pod_cidr, *extra_args]  # fmt: skip
+        # The node stops (SIGTERM: its pods first) if whoever started it dies without stopping it.
+        argv = ["setpriv", "--pdeathsig", "TERM", "--", sys.executable, "-m", "procnode",
+                "--kubeconfig", str(kubeconfig), "--name", name, "--state-dir", str(state_dir), "--cpu", cpu,
+                "--pod-cidr", pod_cidr, *extra_args]  # fmt: skip
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -69,7 +71,8 @@ class NodeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"procnode exited with {self.proc.returncode}; see {self.log_path}")
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"procnode exited with {self.proc.returncode}: {' | '.join(tail)}")
             out = subprocess.run(
                 [kubectl, f"--kubeconfig={self.kubeconfig}", "get", "node", self.name, "-o", "json"],
                 capture_output=True,
