@@ -44,7 +44,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pod-seconds", type=int, default=20, help="sustained: each pod runs this long")
     p.add_argument("--recovery-workers", type=int, default=64, help="recovery: job size (default: %(default)s)")
     p.add_argument("--scale-steps", default="100,250,500,1000", help="footprint: live job counts")
-    p.add_argument("--footprint-subjects", default="phalanx,kubeflow", help="footprint: who (default: %(default)s)")
+    p.add_argument("--footprint-subjects", default="phalanx", help="footprint: who (default: %(default)s)")
     p.add_argument("--idle-seconds", type=float, default=30, help="footprint: idle window per step")
     p.add_argument("--concurrency", type=int, default=16, help="client-side API concurrency, every subject")
     p.add_argument("--kubeconfig", type=Path, help="use this running cluster instead of starting one")
@@ -346,39 +346,52 @@ def main(argv: list[str]) -> int:
                 subjects.remove("kubeflow")
         runner = Runner(args, ctx, subjects, log_dir)
         runner.load.start()
+        failed: dict[str, str] = {}
+        cols = [s for s in report.SUBJECT_ORDER if s in subjects]
+        path = out / f"bench-{stamp}.json"
+
+        def save() -> dict[str, Any]:
+            data = {
+                "started": stamp,
+                "duration_s": round(time.monotonic() - started, 1),
+                "scenarios": chosen,
+                "failed": failed,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "machine": machine(),
+                "load": runner.windows,
+                "cluster": {"nodes": args.nodes, "kubeconfig": str(kubeconfig), "gpus_per_node": 8},
+                "settings": {
+                    "client_concurrency": args.concurrency,
+                    "baseline": "same client concurrency as the operator; no QPS limiter (the python client has none)",
+                    **runner.settings,
+                },
+                "kubeflow": kubeflow_status,
+                "rows": runner.rows,
+                "raw": runner.raw,
+                "markdown": report.markdown(runner.rows, cols),
+            }
+            report.write_json(path, data)
+            report.write_json(out / "latest.json", data)
+            return data
+
         for name in chosen:
             log(f"== {name}")
             t0 = time.monotonic()
-            getattr(runner, name)()
+            try:
+                getattr(runner, name)()
+            except Exception as exc:  # one broken scenario must not lose the others' results
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                log(f"!! {name} failed: {failed[name]}")
+                rc = 1
             t1 = time.monotonic()
             runner.windows[name] = {"seconds": round(t1 - t0, 1), **runner.load.between(t0, t1)}
-            log(f"== {name} done in {time.monotonic() - t0:.0f}s; machine: {runner.windows[name]}")
+            log(f"== {name} done in {t1 - t0:.0f}s; machine: {runner.windows[name]}")
+            save()
         runner.load.stop_event.set()
-        cols = [s for s in report.SUBJECT_ORDER if s in subjects]
         text = report.table(runner.rows, cols)
         print(text)
         log_file.write(text + "\n")
-        data = {
-            "started": stamp,
-            "duration_s": round(time.monotonic() - started, 1),
-            "scenarios": chosen,
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "machine": machine(),
-            "load": runner.windows,
-            "cluster": {"nodes": args.nodes, "kubeconfig": str(kubeconfig), "gpus_per_node": 8},
-            "settings": {
-                "client_concurrency": args.concurrency,
-                "baseline": "same client concurrency as the operator; no QPS limiter (the python client has none)",
-                **runner.settings,
-            },
-            "kubeflow": kubeflow_status,
-            "rows": runner.rows,
-            "raw": runner.raw,
-            "markdown": report.markdown(runner.rows, cols),
-        }
-        path = out / f"bench-{stamp}.json"
-        report.write_json(path, data)
-        report.write_json(out / "latest.json", data)
+        save()
         log(f"results: {path} (whole run {time.monotonic() - started:.0f}s)")
     finally:
         if cluster_dir is not None and not args.keep_cluster:

@@ -16,6 +16,7 @@ baseline (submit a TrainingJob, then do the operator's object work itself).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import sys
@@ -96,8 +97,7 @@ class Client:
         create the Service and the gated pods concurrently, then lift every gate concurrently."""
         ns = body["metadata"]["namespace"]
         service, pods = phalanx_objects(body, attempt)
-        create = self.core.create_namespaced_pod
-        creates = [self._call(self.op_pool, create, ns, p, _preload_content=False) for p in pods]
+        creates = [self._call(self.op_pool, self._create_pod, ns, p) for p in pods]
         if with_service:
             creates.append(
                 self._call(self.op_pool, self.core.create_namespaced_service, ns, service, _preload_content=False)
@@ -110,6 +110,19 @@ class Client:
                 for name in gated
             )
         )
+
+    def _create_pod(self, ns: str, pod: dict[str, Any]) -> None:
+        """A name still held by a pod of the old attempt (its deletion not final yet) is retried, as the
+        operator's requeue does."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.core.create_namespaced_pod(ns, pod, _preload_content=False)
+                return
+            except ApiException as exc:
+                if exc.status != 409 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     async def delete(self, ns: str, name: str) -> None:
         group, version, plural = kube.PTJ if self.mode == "kubeflow" else kube.TJ
@@ -180,10 +193,11 @@ async def serve(client: Client) -> None:
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     def read() -> None:
-        for line in sys.stdin:
-            if line.strip():
-                loop.call_soon_threadsafe(queue.put_nowait, json.loads(line))
-        loop.call_soon_threadsafe(queue.put_nowait, None)
+        with contextlib.suppress(RuntimeError):  # the loop closed after "quit"
+            for line in sys.stdin:
+                if line.strip():
+                    loop.call_soon_threadsafe(queue.put_nowait, json.loads(line))
+            loop.call_soon_threadsafe(queue.put_nowait, None)
 
     threading.Thread(target=read, name="stdin", daemon=True).start()
     tasks: set[asyncio.Task[None]] = set()

@@ -66,23 +66,28 @@ def create_namespace(core: kubernetes.client.CoreV1Api, name: str, timeout: floa
     raise TimeoutError(f"ServiceAccount {name}/default not created after {timeout:.0f}s")
 
 
-def delete_namespace(core: kubernetes.client.CoreV1Api, name: str, wait: float = 600.0) -> float:
-    """Delete a namespace and wait until it is gone; returns the seconds it took."""
+def delete_namespace(core: kubernetes.client.CoreV1Api, name: str, wait: float = 600.0, gone: bool = False) -> float:
+    """Delete a namespace; wait until its pods are gone (their GPUs free again for the next measurement)
+    or, with gone=True, until the namespace itself is. Returns the seconds waited."""
     started = time.monotonic()
     try:
         core.delete_namespace(name, propagation_policy="Background")
     except ApiException as exc:
         if exc.status != 404:
             raise
+        return 0.0
     while time.monotonic() - started < wait:
         try:
-            core.read_namespace(name)
+            if gone:
+                core.read_namespace(name)
+            elif not json.loads(core.list_namespaced_pod(name, limit=1, _preload_content=False).data)["items"]:
+                return time.monotonic() - started
         except ApiException as exc:
             if exc.status == 404:
                 return time.monotonic() - started
             raise
         time.sleep(0.5)
-    raise TimeoutError(f"namespace {name} still exists after {wait:.0f}s")
+    raise TimeoutError(f"namespace {name} still has pods after {wait:.0f}s")
 
 
 def bench_namespaces(core: kubernetes.client.CoreV1Api) -> list[str]:

@@ -41,6 +41,17 @@ class Ctx:
         return kube.create_namespace(self.core, f"bench-{hint}-{secrets.token_hex(3)}")
 
     def cleanup(self, ns: str) -> float:
+        """Jobs first (garbage collection takes their pods, and no controller recreates pods of a job that is
+        gone), then the namespace; waits until its pods are gone."""
+        custom = kubernetes.client.CustomObjectsApi(self.api)
+        for group, version, plural in (kube.TJ, kube.PTJ):
+            try:
+                custom.delete_collection_namespaced_custom_object(
+                    group, version, ns, plural, propagation_policy="Background"
+                )
+            except kubernetes.client.exceptions.ApiException as exc:
+                if exc.status != 404:  # 404: that CRD is not installed
+                    raise
         return kube.delete_namespace(self.core, ns, wait=self.timeout)
 
 
@@ -80,6 +91,18 @@ def verify(ctx: Ctx, subject: Subject, ns: str, jobs: dict[str, int]) -> dict[st
     }
 
 
+def _watching(subject: Subject, before: int, predicate: Callable[[dict[str, PodRecord]], Any]) -> Any:
+    """predicate, but a failed client command ends the wait at once instead of at the timeout."""
+
+    def check(pods: dict[str, PodRecord]) -> Any:
+        assert subject.client is not None
+        if len(subject.client.errors) > before:
+            raise RuntimeError(f"{subject.name} client: {subject.client.errors[before:][:3]}")
+        return predicate(pods)
+
+    return check
+
+
 def _errors(subject: Subject, before: int) -> list[str]:
     assert subject.client is not None
     return subject.client.errors[before:]
@@ -97,7 +120,8 @@ def job_start(ctx: Ctx, subject: Subject, workers: int) -> dict[str, Any]:
             win = procstat.Window(subject.pid).start()
             t0 = time.monotonic()
             subject.submit(ns, job)
-            w.wait(lambda pods: gang_running_at(list(pods.values()), workers), ctx.timeout, "all pods Running")
+            running = _watching(subject, nerr, lambda pods: gang_running_at(list(pods.values()), workers))
+            w.wait(running, ctx.timeout, "all pods Running")
             win.stop()
             pods = w.snapshot()
         result = {
@@ -127,7 +151,7 @@ def throughput(ctx: Ctx, subject: Subject, jobs: int, workers: int) -> dict[str,
             t0 = time.monotonic()
             for s in specs:
                 subject.submit(ns, s)
-            w.wait(lambda pods: _ever_running(pods) >= total, ctx.timeout, f"{total} pods Running")
+            w.wait(_watching(subject, nerr, lambda pods: _ever_running(pods) >= total), ctx.timeout, "all Running")
             win.stop()
             pods = w.snapshot()
         groups = by_job(pods)
@@ -265,11 +289,9 @@ def recovery(ctx: Ctx, subject: Subject, workers: int, rank: int = 3) -> dict[st
             win = procstat.Window(subject.pid).start()
             t0 = time.monotonic()
             sim.make_pod_fail(ctx.core, ns, victim, exit_code=137, reason="OOMKilled")
-            at = w.wait(
-                lambda pods: gang_running_at(list(pods.values()), workers, t0, subject.whole_gang_restart),
-                ctx.timeout,
-                "the replacement gang Running",
-            )
+            whole = subject.whole_gang_restart
+            replaced = _watching(subject, nerr, lambda pods: gang_running_at(list(pods.values()), workers, t0, whole))
+            at = w.wait(replaced, ctx.timeout, "the replacement gang Running")
             win.stop()
             pods = w.snapshot()
         failed = min((p.failed for p in pods if p.failed is not None), default=None)

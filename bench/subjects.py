@@ -218,6 +218,7 @@ class Phalanx(Subject):
             "PHALANX_API_CONCURRENCY": str(self.concurrency),
             "PHALANX_WORKERS": str(self.workers),
             "client QPS/burst": "none (the python client has no rate limiter)",
+            "PHALANX_TELEMETRY": "off (simulated pods run no trainer; their kwok IPs must never be contacted)",
         }
         log = (self.logs / "phalanx-operator.log").open("ab")
         self.proc = subprocess.Popen(
@@ -227,6 +228,8 @@ class Phalanx(Subject):
                 PHALANX_METRICS_PORT=str(port),
                 PHALANX_API_CONCURRENCY=str(self.concurrency),
                 PHALANX_WORKERS=str(self.workers),
+                # kwok pods have fake IPs and no trainer: never scrape them (loopback-only machine).
+                PHALANX_TELEMETRY="off",
             ),
             stdout=log,
             stderr=subprocess.STDOUT,
