@@ -114,8 +114,13 @@ class TrainerMetrics:
         if not self.enabled:
             return
         self.checkpoint_save_duration.observe(duration_s)
-        self.last_checkpoint_step.set(step)
-        self.last_checkpoint_timestamp.set(time.time() if timestamp is None else timestamp)
+        self.set_last_checkpoint(step, time.time() if timestamp is None else timestamp)
+
+    def set_last_checkpoint(self, step: int, timestamp: float) -> None:
+        """Also called on resume: the checkpoint resumed from is the last committed one."""
+        if self.enabled:
+            self.last_checkpoint_step.set(step)
+            self.last_checkpoint_timestamp.set(timestamp)
 
     def set_resumed_from(self, step: int | None) -> None:
         if self.enabled:

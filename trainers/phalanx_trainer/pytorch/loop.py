@@ -250,7 +250,9 @@ def train(
     progress = Progress()
     resumed_from = _agree_on_resume_step(ctx)
     if resumed_from is not None:
-        _ckpt, state = _load_state(ctx, resumed_from)
+        ckpt, state = _load_state(ctx, resumed_from)
+        if ckpt is not None and ctx.is_writer:
+            metrics.set_last_checkpoint(ckpt.step, ckpt.created)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["trainer"]["optimizer"])
         if scheduler is not None and state["trainer"].get("scheduler") is not None:

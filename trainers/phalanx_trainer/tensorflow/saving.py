@@ -36,6 +36,7 @@ class TfSaver:
         if ckpt is None:
             return 0
         self.checkpointer.restore(ckpt)
+        self.ctx.metrics.set_last_checkpoint(ckpt.step, ckpt.created)
         self.resumed_from = self.last_saved = ckpt.step
         if self.ctx.is_chief and self.config.print_progress:
             print(
