@@ -24,7 +24,7 @@ from pathlib import Path
 
 from procnode import host, podspec
 from procnode.kube import MERGE, ApiError, KubeClient
-from procnode.podspec import JSON, EnvError, Outcome
+from procnode.podspec import JSON, EnvError, Outcome, Unsupported
 
 log = logging.getLogger("procnode")
 
@@ -316,6 +316,11 @@ class ProcessNode:
                      log_dir=self.logs_dir / f"{ns}_{name}_{uid}")  # fmt: skip
         try:
             plans = self._plan(run)
+        except Unsupported as e:
+            self._patch_status(ns, name, uid, podspec.failed_status("Unsupported", str(e)))
+            self.done.add(uid)
+            log.info("%s/%s: not run: %s", ns, name, e)
+            return
         except EnvError as e:
             self.retry_at[uid] = time.monotonic() + CONFIG_RETRY
             self._patch_status(ns, name, uid, _waiting(pod, "CreateContainerConfigError", str(e)))
@@ -335,7 +340,7 @@ class ProcessNode:
         pod = run.pod
         spec = pod["spec"]
         if spec.get("initContainers"):
-            raise EnvError("initContainers are not supported by procnode")
+            raise Unsupported("initContainers are not supported by procnode")
         plans: dict[str, JSON] = {}
         run.dir.mkdir(parents=True, exist_ok=True)
         run.log_dir.mkdir(parents=True, exist_ok=True)

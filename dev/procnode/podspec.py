@@ -43,6 +43,10 @@ class EnvError(Exception):
     """An env source the pod requires (not optional) is missing: the kubelet's CreateContainerConfigError."""
 
 
+class Unsupported(Exception):
+    """The pod needs something procnode does not do (e.g. init containers): it fails at once."""
+
+
 def _field(pod: JSON, path: str, pod_ip: str, host_ip: str) -> str:
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
