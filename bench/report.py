@@ -102,3 +102,23 @@ def _split(line: str) -> list[str]:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m bench.report RESULT.json ...`: one markdown table of the rows of several runs."""
+    rows: list[dict[str, Any]] = []
+    subjects: list[str] = []
+    for name in argv:
+        data = json.loads(Path(name).read_text())
+        rows += data["rows"]
+        for s in SUBJECT_ORDER:
+            if s not in subjects and any(s in r for r in data["rows"]):
+                subjects.append(s)
+    print(markdown(rows, [s for s in SUBJECT_ORDER if s in subjects]))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -86,6 +86,12 @@ def _normalized_pods(ctx: scenarios.Ctx, ns: str) -> dict[str, Any]:
     for p in items:
         meta = {k: p["metadata"].get(k) for k in ("name", "labels", "annotations")}
         spec = {k: v for k, v in p["spec"].items() if k not in ("nodeName",)}
+        # phalanx's ungate patch also adds a preferred nodeAffinity for the node its admission planned;
+        # the baseline lifts the gate alone (same number of calls). Everything else must be identical.
+        affinity = dict(spec.get("affinity") or {})
+        preferred = (affinity.pop("nodeAffinity", None) or {}).get("preferredDuringSchedulingIgnoredDuringExecution")
+        assert preferred is None or [t["weight"] for t in preferred] == [100]
+        spec["affinity"] = affinity
         out[p["metadata"]["name"]] = {"metadata": meta, "spec": spec}
     return out
 
