@@ -41,6 +41,8 @@ PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
 # Pods this process ungated may still show gates in the cache for a moment; only after this long is
 # a gate that is still there taken as lost (a failed patch) and lifted again.
 RELIFT_AFTER_SECONDS = 2.0
+# While gangs wait, how often the loop re-reads the caches for capacity freed without an event it hears.
+IDLE_RECHECK_SECONDS = 1.0
 # Job states in which no pod of the current attempt waits for admission or binding: skipped cheaply.
 SETTLED_STATES = frozenset({"Running", "Succeeded", "Failed", "Suspended"})
 
@@ -87,13 +89,18 @@ class Admitter:
         await self._wake.wait()
         while True:
             self._wake.clear()
+            waiting = False
             try:
-                await self.admit_once()
+                decision = await self.admit_once()
+                waiting = any(not w.fatal for w in decision.waiting.values())
             except Exception as exc:
                 log.warning("gang admission failed: %s", api_error_message(exc))
             await asyncio.sleep(0.05)  # coalesce bursts of pod and node events into one decision
+            # Job, pod-of-ours and node events wake the loop; capacity freed by any other pod (or by
+            # a gang ending) is only seen in the usage cache, so while gangs wait it is re-read
+            # every second. A pass reads caches only, so this costs no API calls.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
+                await asyncio.wait_for(self._wake.wait(), timeout=IDLE_RECHECK_SECONDS if waiting else 5.0)
 
     def _cached(self, key: JobKey, body: Mapping[str, Any]) -> _Cached | None:
         rv = str(body["metadata"].get("resourceVersion", ""))

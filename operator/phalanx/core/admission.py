@@ -163,9 +163,12 @@ def _fleet(nodes: Sequence[NodeView], resource: str) -> str:
 class _Pool:
     """The nodes one kind of gang may use (same resource, selector and tolerations), computed once per decide."""
 
+    resource: str
     matching: list[NodeView]  # every matching node, ready or not
     ready: list[str]  # the matching nodes pods can be scheduled to now
     names: frozenset[str]
+    blocked_by: str | None = None  # the first gang ahead that waits for some of these nodes
+    _room: dict[tuple[int, str | None], int] = field(default_factory=dict)
 
     def domains(self, label: str, ready_only: bool) -> dict[str, list[NodeView]]:
         """Matching nodes grouped by the value of `label` (nodes without it belong to no domain)."""
@@ -174,6 +177,16 @@ class _Pool:
             if label in n.labels and (n.schedulable or not ready_only):
                 groups.setdefault(n.labels[label], []).append(n)
         return groups
+
+    def room(self, need: int, domain: str | None) -> int:
+        """Pods of `need` the matching nodes could hold if empty (within one domain, if given)."""
+        key = (need, domain)
+        if key not in self._room:
+            groups = [self.matching] if domain is None else list(self.domains(domain, ready_only=False).values())
+            self._room[key] = max(
+                (sum(n.allocatable.get(self.resource, 0) // need for n in g) for g in groups), default=0
+            )
+        return self._room[key]
 
 
 def _place_gang(demand: GangDemand, need: int, free: Mapping[str, int], pool: _Pool) -> list[str] | None:
@@ -193,41 +206,26 @@ def _place_gang(demand: GangDemand, need: int, free: Mapping[str, int], pool: _P
 
 def _can_never_fit(demand: GangDemand, resource: str, pool: _Pool, nodes: Sequence[NodeView]) -> Waiting | None:
     need = demand.per_pod[resource]
+    if pool.room(need, demand.domain) >= demand.pods:
+        return None
+    # It cannot: say why, with the numbers (the slow path runs once per such gang).
     if not pool.matching:
         sel = ", ".join(f"{k}={v}" for k, v in sorted(demand.node_selector.items())) or "none"
-        return Waiting(
-            EXCEEDS_CLUSTER,
-            f"{_needs(demand, resource)}; no node matches its nodeSelector ({sel}) and tolerations; "
-            f"{_fleet(nodes, resource)}",
-            fatal=True,
+        why = f"no node matches its nodeSelector ({sel}) and tolerations; {_fleet(nodes, resource)}"
+    elif (biggest := max(n.allocatable.get(resource, 0) for n in pool.matching)) < need:
+        why = f"the largest matching node has {biggest}, so a pod can never fit"
+    elif demand.domain is not None and pool.room(need, None) >= demand.pods:
+        why = (
+            f"all pods must share one {demand.domain}; the largest such group of matching nodes has room for "
+            f"{pool.room(need, demand.domain)} pod(s), so the job can never run on this cluster"
         )
-    biggest = max(n.allocatable.get(resource, 0) for n in pool.matching)
-    if biggest < need:
-        return Waiting(
-            EXCEEDS_CLUSTER,
-            f"{_needs(demand, resource)}; the largest matching node has {biggest}, so a pod can never fit",
-            fatal=True,
-        )
-    room = sum(n.allocatable.get(resource, 0) // need for n in pool.matching)
-    if demand.domain is not None:
-        groups = pool.domains(demand.domain, ready_only=False).values()
-        room = max((sum(n.allocatable.get(resource, 0) // need for n in g) for g in groups), default=0)
-        if room < demand.pods:
-            return Waiting(
-                EXCEEDS_CLUSTER,
-                f"{_needs(demand, resource)}, all on nodes with one {demand.domain}; the largest such group of "
-                f"matching nodes has room for {room} pod(s), so the job can never run on this cluster",
-                fatal=True,
-            )
-    if room < demand.pods:
+    else:
         total = sum(n.allocatable.get(resource, 0) for n in pool.matching)
-        return Waiting(
-            EXCEEDS_CLUSTER,
-            f"{_needs(demand, resource)}; the {len(pool.matching)} matching node(s) hold {total} in all, room for "
-            f"at most {room} such pod(s) even when empty, so the job can never run on this cluster",
-            fatal=True,
+        why = (
+            f"the {len(pool.matching)} matching node(s) hold {total} in all, room for at most "
+            f"{pool.room(need, None)} such pod(s) even when empty, so the job can never run on this cluster"
         )
-    return None
+    return Waiting(EXCEEDS_CLUSTER, f"{_needs(demand, resource)}; {why}", fatal=True)
 
 
 def decide(
@@ -261,7 +259,7 @@ def decide(
         if found is None:
             matching = [n for n in nodes if n.allocatable.get(resource, 0) > 0 and eligible(n, demand)]
             ready = [n.name for n in matching if n.schedulable]
-            found = pools[sig] = _Pool(matching, ready, frozenset(ready))
+            found = pools[sig] = _Pool(resource, matching, ready, frozenset(ready))
         return found
 
     decision = Decision()
@@ -298,12 +296,12 @@ def decide(
         if never is not None:
             decision.waiting[demand.key] = never
             continue
-        ahead = pool.names & blocked
-        if ahead:
-            first = min(blocker[n] for n in ahead)[1]
+        if pool.blocked_by is None and (ahead := pool.names & blocked):
+            pool.blocked_by = min(blocker[n] for n in ahead)[1]  # blocks only grow: it stays the first
+        if pool.blocked_by is not None:
             decision.waiting[demand.key] = Waiting(
                 INSUFFICIENT[resource],
-                f"{_needs(demand, resource)}; queued behind {first}, which waits for the same nodes",
+                f"{_needs(demand, resource)}; queued behind {pool.blocked_by}, which waits for the same nodes",
             )
             continue
         need = demand.per_pod[resource]
