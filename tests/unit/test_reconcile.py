@@ -170,3 +170,24 @@ def test_unparseable_or_invalid_spec_is_invalid_spec() -> None:
 def test_deleting_job_is_left_to_garbage_collection() -> None:
     plan = reconcile(job(spec(), TrainingJobStatus(attempt=1), deleting=True), [pod(0, terminating=True)], True, T0)
     assert not plan.status_changed and not plan.create and not plan.delete_pods
+
+
+def test_peer_crash_after_a_kill_still_restarts_the_gang() -> None:
+    # worker-1 was SIGKILLed; worker-0 then exited 1 on the broken collective, in the same second or later.
+    for crash_time in ("2026-01-01T00:00:05Z", "2026-01-01T00:00:07Z"):
+        pods = [
+            pod(0, phase="Failed", exit_code=1, finished_at=crash_time),
+            pod(1, phase="Failed", exit_code=137, finished_at="2026-01-01T00:00:05Z"),
+        ]
+        plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)
+        assert plan.status.attempt == 2 and not cond.is_true(plan.status, cond.FAILED), crash_time
+
+
+def test_program_error_that_came_first_fails_the_job() -> None:
+    pods = [
+        pod(0, phase="Failed", exit_code=1, finished_at="2026-01-01T00:00:03Z"),
+        pod(1, phase="Failed", exit_code=137, finished_at="2026-01-01T00:00:09Z"),
+    ]
+    plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)
+    failed = cond.get(plan.status, cond.FAILED)
+    assert failed is not None and "j-worker-0 exited with code 1" in failed.message

@@ -46,6 +46,7 @@ class PodView:
     waiting_reason: str | None = None  # ImagePullBackOff, CrashLoopBackOff, ...
     unschedulable: str | None = None  # the scheduler's message when PodScheduled=False
     replicas: int | None = None  # gang size this pod was created for
+    finished_at: str | None = None  # the trainer container's terminated.finishedAt (RFC 3339, seconds)
     ip: str | None = None  # status.podIP, where the trainer serves its metrics
 
 

@@ -67,6 +67,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         unschedulable=unschedulable,
         replicas=_int((meta.get("annotations") or {}).get(names.ANNOTATION_REPLICAS), 0) or None,
         ip=status.get("podIP"),
+        finished_at=(terminated or {}).get("finishedAt"),
     )
 
 

@@ -213,11 +213,17 @@ def reconcile(
         step.plan.requeue(2)
         return step.done()
 
-    failures = sorted((p for p in current if is_failure(p)), key=lambda p: p.index)
+    policy = spec.run_policy
+    # Judge the gang by the failure that came first: when one rank is killed, its peers often crash
+    # on the broken collective (exit 1) a moment later. finishedAt has one-second resolution, so
+    # within the same second a retryable cause is taken to be the first one.
+    failures = sorted(
+        (p for p in current if is_failure(p)),
+        key=lambda p: (p.finished_at or "~", not retryable(p, policy.restart_on), p.index),
+    )
     if failures:
         first = failures[0]
         what = describe(first)
-        policy = spec.run_policy
         if policy.restart_on is RestartOn.NEVER or not retryable(first, policy.restart_on):
             return step.fail("PodFailed", f"{what}; not retryable under restartOn={policy.restart_on.value}", pods)
         if s.restarts >= policy.backoff_limit:
