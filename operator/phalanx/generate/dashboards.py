@@ -60,24 +60,26 @@ def world_size() -> str:
 
 def efficiency() -> str:
     """E(N) = X(N) / (N * X(1)) = per-pod rate now / per-pod rate at the smallest world size the job ran
-    at in the time range (its median there). `@ end()` pins both to the whole range, whatever the step."""
+    at in the time range: the rate it sustained there (90th percentile, so start-up and restarts at that
+    size do not drag it down). `@ end()` pins both to the whole range, whatever the step."""
     smallest = f"min_over_time({world_size()}[$__range:] @ end())"
     at_smallest = f"{per_pod_rate()} and on ({JOB}) ({world_size()} <= on ({JOB}) {smallest})"
-    baseline = f"quantile_over_time(0.5, ({at_smallest})[$__range:] @ end())"
+    baseline = f"quantile_over_time(0.9, ({at_smallest})[$__range:] @ end())"
     return f"{per_pod_rate()} / on ({JOB}) {baseline}"
 
 
-def global_step() -> str:
+def global_step(offset: str = "") -> str:
     """The step the job has reached (kept progress): resumed-from step + steps of this attempt."""
-    resumed = f"clamp_min(phalanx_trainer_resumed_from_step{{{SEL}}}, 0)"
-    return f"max by ({JOB}) ({resumed} + phalanx_trainer_steps_total{{{SEL}}})"
+    at = f" offset {offset}" if offset else ""
+    resumed = f"clamp_min(phalanx_trainer_resumed_from_step{{{SEL}}}{at}, 0)"
+    return f"max by ({JOB}) ({resumed} + phalanx_trainer_steps_total{{{SEL}}}{at})"
 
 
 def goodput() -> str:
     """Goodput over the time range: steps gained (a restart loses the steps after the last checkpoint)
     times the mean step time, over the range's length. A job that began inside the range starts at 0."""
     step = global_step()
-    start = f"(({step}) offset $__range or on ({JOB}) ({step}) * 0)"
+    start = f"({global_step('$__range')} or on ({JOB}) {step} * 0)"
     step_time = (
         f"sum by ({JOB}) (rate(phalanx_trainer_step_duration_seconds_sum{{{SEL}}}[$__range])) / "
         f"sum by ({JOB}) (rate(phalanx_trainer_step_duration_seconds_count{{{SEL}}}[$__range]))"
