@@ -1,0 +1,46 @@
+"""Fixtures for running the operator with the chart's ServiceAccount and nothing else.
+
+chart_install (module): the chart installed with default values into a namespace enforcing Pod Security
+restricted. chart_operator: `python -m phalanx.controller` as a subprocess whose only credential is a
+TokenRequest token of that ServiceAccount (no client certificate, no impersonation), so every API call
+it makes is authorised by the chart's RBAC alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.helm.release import RESTRICTED, installed, service_account_kubeconfig
+from tests.plugins.operator import OperatorProcess
+
+SERVICE_ACCOUNT = "phalanx"  # the chart's default: the release's full name
+FORBIDDEN = re.compile(r"\b403\b|forbidden", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def chart_install(kubeconfig: Path, core_v1: client.CoreV1Api) -> Iterator[str]:
+    """The release namespace of a default install."""
+    with installed(kubeconfig, core_v1, "rbac-chart", labels=RESTRICTED) as (_, namespace):
+        yield namespace
+
+
+@pytest.fixture
+def chart_operator(
+    chart_install: str,
+    kubeconfig: Path,
+    core_v1: client.CoreV1Api,
+    operator_process: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> OperatorProcess:
+    as_operator = service_account_kubeconfig(kubeconfig, core_v1, chart_install, SERVICE_ACCOUNT, tmp_path / "sa.kubeconfig")
+    return operator_process(kubeconfig_path=as_operator)
+
+
+def denied_requests(log: Path) -> list[str]:
+    """Lines of an operator log that show a refused API call."""
+    return [line for line in log.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)]
