@@ -45,6 +45,7 @@ def non_default_values(watch_namespace: str) -> dict[str, Any]:
         "podLabels": {"team": "ml"},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
+        "dashboards": {"enabled": True, "annotations": {"grafana_folder": "Training"}},
         "affinity": {
             "nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -132,7 +133,8 @@ def test_non_default_render() -> None:
     assert kinds(docs) == [
         "ClusterRole",  # nodes, priorityclasses, CRDs, namespaces only
         "ClusterRoleBinding",
-        "ConfigMap",
+        "ConfigMap",  # dashboards
+        "ConfigMap",  # helm test
         "Deployment",
         "Pod",
         "PodMonitor",
@@ -169,6 +171,9 @@ def test_non_default_render() -> None:
     pod_monitor = find(docs, "PodMonitor")
     assert pod_monitor["spec"]["selector"]["matchLabels"] == find(docs, "Deployment")["spec"]["selector"]["matchLabels"]
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    dashboards = find(docs, "ConfigMap", "ops-phalanx-dashboards")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboards["metadata"]["annotations"] == {"grafana_folder": "Training"}
     hook = find(docs, "Pod")
     assert "--scope=namespace" in hook["spec"]["containers"][0]["args"]
     assert "--watch-namespace=ml-jobs" in hook["spec"]["containers"][0]["args"]

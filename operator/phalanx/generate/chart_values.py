@@ -167,6 +167,19 @@ class Probes(Values):
     """Port of kopf's liveness endpoint (/healthz), used by the livenessProbe."""
 
 
+class Dashboards(Values):
+    enabled: StrictBool = False
+    """Ship the Grafana dashboards (dashboards/*.json) as a ConfigMap labelled grafana_dashboard: "1", which
+    the kube-prometheus-stack Grafana sidecar loads."""
+    namespace: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length=63)
+    """Namespace of the ConfigMap; empty means the release namespace. Set it to Grafana's when its sidecar
+    watches one namespace only."""
+    labels: LabelMap = {}
+    """Extra labels on the ConfigMap."""
+    annotations: LabelMap = {}
+    """Extra annotations, e.g. grafana_folder: Training."""
+
+
 class ChartValues(Values):
     """Values of the phalanx Helm chart."""
 
@@ -192,6 +205,7 @@ class ChartValues(Values):
     node_selector: LabelMap = {}
     tolerations: list[dict[str, Any]] = []
     affinity: dict[str, Any] = {}
+    dashboards: Dashboards = Dashboards()
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
