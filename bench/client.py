@@ -92,11 +92,16 @@ class Client:
         if self.mode == "baseline":
             await self.start_gang(kube.raw(resp), attempt=1, with_service=True)
 
-    async def start_gang(self, body: dict[str, Any], attempt: int, with_service: bool) -> None:
+    async def start_gang(
+        self, body: dict[str, Any], attempt: int, with_service: bool, only: set[str] | None = None
+    ) -> None:
         """What phalanx's reconcile + gang admission do to the API for one gang, minus status and Events:
-        create the Service and the gated pods concurrently, then lift every gate concurrently."""
+        create the Service and the gated pods concurrently, then lift every gate concurrently.
+        only: create just these pods (re-creating pods that vanished)."""
         ns = body["metadata"]["namespace"]
         service, pods = phalanx_objects(body, attempt)
+        if only is not None:
+            pods = [p for p in pods if p["metadata"]["name"] in only]
         creates = [self._call(self.op_pool, self._create_pod, ns, p) for p in pods]
         if with_service:
             creates.append(
@@ -104,12 +109,7 @@ class Client:
             )
         await asyncio.gather(*creates)
         gated = [p["metadata"]["name"] for p in pods if p["spec"].get("schedulingGates")]
-        await asyncio.gather(
-            *(
-                self._call(self.op_pool, self.core.patch_namespaced_pod, name, ns, UNGATE, _preload_content=False)
-                for name in gated
-            )
-        )
+        await asyncio.gather(*(self._call(self.op_pool, self._ungate, ns, name) for name in gated))
 
     def _create_pod(self, ns: str, pod: dict[str, Any]) -> None:
         """A name still held by a pod of the old attempt (its deletion not final yet) is retried, as the
@@ -123,6 +123,20 @@ class Client:
                 if exc.status != 409 or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def _ungate(self, ns: str, name: str) -> None:
+        try:
+            self.core.patch_namespaced_pod(name, ns, UNGATE, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:  # vanished (see recover): re-created by the caller
+                raise
+
+    def _delete_pod(self, ns: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, ns, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:  # already gone: what the operator's delete_pod accepts too
+                raise
 
     async def delete(self, ns: str, name: str) -> None:
         group, version, plural = kube.PTJ if self.mode == "kubeflow" else kube.TJ
@@ -163,18 +177,32 @@ class Client:
                 return [p.name for p in mine] if any(p.failed is not None for p in mine) else []
 
             gang = await self._call(self.wait_pool, watch.wait, failed, limit, "a failed pod")
-            await asyncio.gather(
-                *(
-                    self._call(self.op_pool, self.core.delete_namespaced_pod, n, ns, _preload_content=False)
-                    for n in gang
-                )
-            )
+            await asyncio.gather(*(self._call(self.op_pool, self._delete_pod, ns, n) for n in gang))
 
             def gone(pods: dict[str, Any]) -> bool:
                 return all(p.deleted is not None for p in pods.values() if p.job == job.name and p.attempt == 1)
 
             await self._call(self.wait_pool, watch.wait, gone, limit, "the old gang to be gone")
             await self.start_gang(body, attempt=2, with_service=False)
+            # kwok finalizes an old pod's deletion by name, so it can delete the new pod of the same name
+            # created right after (the operator's level-based reconcile re-creates it; so does this).
+            deadline = time.monotonic() + limit
+            while True:
+
+                def settled(pods: dict[str, Any]) -> tuple[str, set[str]] | None:
+                    new = [p for p in pods.values() if p.job == job.name and p.attempt == 2]
+                    live = {p.name for p in new if p.deleted is None}
+                    if len(live) >= job.workers and all(p.running for p in new if p.deleted is None):
+                        return ("done", set())
+                    lost = {p.name for p in new if p.deleted is not None} - live
+                    return ("lost", lost) if lost else None
+
+                what, lost = await self._call(
+                    self.wait_pool, watch.wait, settled, max(deadline - time.monotonic(), 1), "attempt 2 Running"
+                )
+                if what == "done":
+                    break
+                await self.start_gang(body, attempt=2, with_service=False, only=lost)
         finally:
             watch.stop()
 

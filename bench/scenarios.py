@@ -55,8 +55,20 @@ class Ctx:
         return kube.delete_namespace(self.core, ns, wait=self.timeout)
 
 
-def verify(ctx: Ctx, subject: Subject, ns: str, jobs: dict[str, int]) -> dict[str, Any]:
-    """Read back from the API: per job, the pods (count, Running, bound) and the Services."""
+def verify(ctx: Ctx, subject: Subject, ns: str, jobs: dict[str, int], settle: float = 30.0) -> dict[str, Any]:
+    """Read back from the API: per job, the pods (count, Running, bound) and the Services. A controller may
+    still be creating Services after its pods run (Kubeflow creates them after the pods): the check is
+    repeated for up to `settle` seconds; `settled_s` says how long it took."""
+    started = time.monotonic()
+    while True:
+        result = _verify_once(ctx, subject, ns, jobs)
+        result["settled_s"] = round(time.monotonic() - started, 2)
+        if result["ok"] or time.monotonic() - started > settle:
+            return result
+        time.sleep(1.0)
+
+
+def _verify_once(ctx: Ctx, subject: Subject, ns: str, jobs: dict[str, int]) -> dict[str, Any]:
     pods = ctx.core.list_namespaced_pod(ns, _preload_content=False)
     services = ctx.core.list_namespaced_service(ns, _preload_content=False)
     items = kube.raw(pods)["items"]
