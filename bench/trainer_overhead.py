@@ -2,9 +2,10 @@
 
 1. Step-time overhead of phalanx_trainer's loop (metrics, checkpoint-schedule checks, per-step
    reseed, the async preemption vote) against a bare DDP loop on the same model, data, sampler
-   and optimizer: 2 Gloo ranks on CPU, trials alternating bare/runtime, median of per-trial mean
-   step times. The per-step hook costs are also timed directly (less noisy than a difference of
-   two step times on a shared machine) and shown as a fraction of the bare step.
+   and optimizer: 2 Gloo ranks on CPU, trials in adjacent bare/runtime pairs (order alternating),
+   both wall time and process CPU time per step (CPU time is far less disturbed by other load on
+   a shared machine), reported as the median of per-pair ratios and as the ratio of the fastest
+   trials. The per-step hook costs are also timed directly and shown as a fraction of the bare step.
 2. Checkpoint save throughput (store + torch adapter: torch.save, fsync, rename, marker) against
    the raw write speed of the same disk: dd-like write + fsync of the same number of bytes.
    Median over repeats, alternating the two.
@@ -58,8 +59,8 @@ def _model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
     return nn.Sequential(*layers), TensorDataset(x, y)
 
 
-def _bare_trial(args: argparse.Namespace, rank: int, world: int) -> float:
-    """A plain DDP loop: DistributedSampler, DataLoader, DDP, AdamW. Returns mean step seconds."""
+def _bare_trial(args: argparse.Namespace, rank: int, world: int) -> tuple[float, float]:
+    """A plain DDP loop: DistributedSampler, DataLoader, DDP, AdamW. Returns (wall, CPU) s/step."""
     import torch
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
@@ -71,7 +72,7 @@ def _bare_trial(args: argparse.Namespace, rank: int, world: int) -> float:
     loss_fn = nn.CrossEntropyLoss()
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, seed=args.seed, drop_last=True)
     step, epoch = 0, 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while step < args.steps:
         sampler.set_epoch(epoch)
         for x, y in DataLoader(data, batch_size=args.batch_size, sampler=sampler, drop_last=True):
@@ -85,10 +86,10 @@ def _bare_trial(args: argparse.Namespace, rank: int, world: int) -> float:
             if step >= args.steps:
                 break
         epoch += 1
-    return (time.perf_counter() - start) / args.steps
+    return (time.perf_counter() - start) / args.steps, (time.process_time() - cpu_start) / args.steps
 
 
-def _runtime_trial(args: argparse.Namespace, ctx: Any, ckpt_root: Path) -> float:
+def _runtime_trial(args: argparse.Namespace, ctx: Any, ckpt_root: Path) -> tuple[float, float]:
     import torch
     from torch import nn
 
@@ -111,7 +112,7 @@ def _runtime_trial(args: argparse.Namespace, ctx: Any, ckpt_root: Path) -> float
         stop_check_every=args.stop_check_every,
     )
     result = train(ctx, model, data, nn.CrossEntropyLoss(), lambda p: torch.optim.AdamW(p, lr=1e-3), config)
-    return float(result.loop_s / args.steps)
+    return result.loop_s / args.steps, result.loop_cpu_s / args.steps
 
 
 def _hook_costs(ctx: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -171,8 +172,8 @@ def _overhead_worker(rank: int, args: argparse.Namespace, port: int, world: int,
     from phalanx_trainer.pytorch.distributed import init_distributed
 
     ctx = init_distributed(serve_metrics=False)  # one process per "pod": metrics enabled on every rank
-    bare: list[float] = []
-    runtime: list[float] = []
+    bare: list[tuple[float, float]] = []
+    runtime: list[tuple[float, float]] = []
     try:
         # One untimed trial of each first: allocator, thread pools and lazy imports warm up.
         _bare_trial(args, ctx.rank, world)
@@ -201,29 +202,31 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
             _overhead_worker, args=(args, _free_port(), world, out, tmpdir), nprocs=world, start_method="spawn"
         )
         raw = json.loads(Path(out).read_text())
-    bare, runtime = statistics.median(raw["bare_step_s"]), statistics.median(raw["runtime_step_s"])
-    # On a shared machine noise only ever adds time, so the fastest trials are the cleanest pair.
-    bare_min, runtime_min = min(raw["bare_step_s"]), min(raw["runtime_step_s"])
-    # Trials run in adjacent bare/runtime pairs; the median of per-pair ratios cancels slow drift.
-    paired = statistics.median(r / b for b, r in zip(raw["bare_step_s"], raw["runtime_step_s"], strict=True)) - 1.0
-    per_step_hooks = sum(raw["hook_s"].values())
-    return {
+    summary: dict[str, Any] = {
         "world_size": world,
         "model": f"MLP {args.features}-{args.hidden}x{args.layers}-10, batch {args.batch_size}/rank, AdamW",
         "steps_per_trial": args.steps,
         "repeats": args.repeats,
-        "bare_step_s_median": bare,
-        "runtime_step_s_median": runtime,
-        "overhead_fraction_end_to_end": runtime / bare - 1.0,
-        "bare_step_s_min": bare_min,
-        "runtime_step_s_min": runtime_min,
-        "overhead_fraction_end_to_end_min": runtime_min / bare_min - 1.0,
-        "overhead_fraction_end_to_end_paired": paired,
-        "hook_s_per_step": raw["hook_s"],
-        "hooks_total_s_per_step": per_step_hooks,
-        "overhead_fraction_from_hooks": per_step_hooks / bare,
-        "trials": {"bare_step_s": raw["bare_step_s"], "runtime_step_s": raw["runtime_step_s"]},
+        "stop_check_every": args.stop_check_every,
     }
+    for k, kind in ((0, "wall"), (1, "cpu")):
+        bare = [t[k] for t in raw["bare_step_s"]]
+        runtime = [t[k] for t in raw["runtime_step_s"]]
+        summary[kind] = {
+            "bare_step_s_median": statistics.median(bare),
+            "runtime_step_s_median": statistics.median(runtime),
+            # Trials run in adjacent bare/runtime pairs; the median of per-pair ratios cancels drift.
+            "overhead_paired": statistics.median(r / b for b, r in zip(bare, runtime, strict=True)) - 1.0,
+            # Noise on a shared machine only ever adds time: the fastest trials are the cleanest pair.
+            "overhead_fastest": min(runtime) / min(bare) - 1.0,
+            "trials_bare": bare,
+            "trials_runtime": runtime,
+        }
+    per_step_hooks = sum(raw["hook_s"].values())
+    summary["hook_s_per_step"] = raw["hook_s"]
+    summary["hooks_total_s_per_step"] = per_step_hooks
+    summary["overhead_from_hooks"] = per_step_hooks / summary["wall"]["bare_step_s_median"]
+    return summary
 
 
 # --- part 2: checkpoint throughput -------------------------------------------------------------
@@ -335,16 +338,21 @@ def main(argv: list[str] | None = None) -> int:
             f"  step overhead, {o['model']}, {o['world_size']} Gloo ranks, "
             f"median of {o['repeats']} x {o['steps_per_trial']} steps"
         )
-        print(f"    {'bare DDP loop':<34} {o['bare_step_s_median'] * 1e3:9.3f} ms/step")
-        print(f"    {'phalanx_trainer.train':<34} {o['runtime_step_s_median'] * 1e3:9.3f} ms/step")
-        print(f"    {'overhead, end to end (medians)':<34} {o['overhead_fraction_end_to_end'] * 100:+9.2f} %")
-        print(f"    {'bare DDP loop, fastest trial':<34} {o['bare_step_s_min'] * 1e3:9.3f} ms/step")
-        print(f"    {'phalanx_trainer.train, fastest':<34} {o['runtime_step_s_min'] * 1e3:9.3f} ms/step")
-        print(f"    {'overhead, end to end (fastest)':<34} {o['overhead_fraction_end_to_end_min'] * 100:+9.2f} %")
-        print(f"    {'overhead, end to end (pairs)':<34} {o['overhead_fraction_end_to_end_paired'] * 100:+9.2f} %")
+        w, c = o["wall"], o["cpu"]
+        print(f"    {'':<34} {'wall ms/step':>12} {'CPU ms/step':>12}")
+        for label, key in (
+            ("bare DDP loop (median)", "bare_step_s_median"),
+            ("phalanx_trainer.train (median)", "runtime_step_s_median"),
+        ):
+            print(f"    {label:<34} {w[key] * 1e3:12.3f} {c[key] * 1e3:12.3f}")
+        for label, key in (
+            ("overhead, median of pairs", "overhead_paired"),
+            ("overhead, fastest trials", "overhead_fastest"),
+        ):
+            print(f"    {label:<34} {w[key] * 100:+11.2f}% {c[key] * 100:+11.2f}%")
         for name, s in o["hook_s_per_step"].items():
             print(f"    hook {name:<29} {s * 1e6:9.2f} us/step")
-        print(f"    {'overhead, from hook costs':<34} {o['overhead_fraction_from_hooks'] * 100:9.3f} %")
+        print(f"    {'overhead, from hook costs':<34} {o['overhead_from_hooks'] * 100:9.3f} %")
     c = result["checkpoint"]
     print(f"  checkpoint save, {c['checkpoint_mib']:.0f} MiB, median of {c['repeats']}")
     for label, secs, rate in (

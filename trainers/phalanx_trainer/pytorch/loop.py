@@ -100,6 +100,7 @@ class TrainResult:
     samples_total: int
     elapsed_s: float  # the whole call, set-up (optimizer creation imports a lot of torch) included
     loop_s: float  # from the first step of this run to the last
+    loop_cpu_s: float  # CPU time of the whole process (all threads) over the same span
     last_checkpoint_step: int | None
 
 
@@ -311,6 +312,7 @@ def train(
     loss = torch.zeros(())
     log_t, log_step = time.perf_counter(), progress.step
     t_prev = loop_start = time.perf_counter()
+    cpu_start = time.process_time()
     try:
         while progress.step < config.steps:
             sampler.set_epoch(progress.epoch, progress.consumed_in_epoch)
@@ -384,6 +386,7 @@ def train(
         raise
     final_loss = float(loss.item())
     metrics.set_loss(final_loss)
+    loop_cpu_s = time.process_time() - cpu_start
     return TrainResult(
         step=progress.step,
         resumed_from=resumed_from,
@@ -391,5 +394,6 @@ def train(
         samples_total=progress.samples_total,
         elapsed_s=time.perf_counter() - started,
         loop_s=t_prev - loop_start,
+        loop_cpu_s=loop_cpu_s,
         last_checkpoint_step=last_saved,
     )
