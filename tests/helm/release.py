@@ -116,8 +116,16 @@ def installed(
     """`helm install --wait` into a fresh namespace; yields (release, namespace); uninstalls after."""
     namespace = new_namespace(core_v1, hint, labels)
     with values_file(values) as flags:
-        helm("install", release, str(CHART), f"--namespace={namespace}", "--wait", "--timeout=2m", *flags,
-             kubeconfig=kubeconfig)
+        helm(
+            "install",
+            release,
+            str(CHART),
+            f"--namespace={namespace}",
+            "--wait",
+            "--timeout=2m",
+            *flags,
+            kubeconfig=kubeconfig,
+        )
     try:
         yield release, namespace
     finally:
@@ -133,9 +141,10 @@ def service_account_kubeconfig(
     token = core_v1.create_namespaced_service_account_token(service_account, namespace, request).status.token
     admin = yaml.safe_load(admin_kubeconfig.read_text())
     cluster = admin["clusters"][0]["cluster"]
-    ca = cluster.get("certificate-authority-data") or base64.b64encode(
-        Path(cluster["certificate-authority"]).read_bytes()
-    ).decode()
+    ca = (
+        cluster.get("certificate-authority-data")
+        or base64.b64encode(Path(cluster["certificate-authority"]).read_bytes()).decode()
+    )
     config = {
         "apiVersion": "v1",
         "kind": "Config",

@@ -75,7 +75,9 @@ def test_helm_test_checks_rbac_as_the_operator(
     release: tuple[str, str], kubeconfig: Path, core_v1: client.CoreV1Api, tmp_path: Path
 ) -> None:
     name, namespace = release
-    hooks = [d for d in yaml.safe_load_all(helm("get", "hooks", name, f"-n={namespace}", kubeconfig=kubeconfig).stdout) if d]
+    hooks = [
+        d for d in yaml.safe_load_all(helm("get", "hooks", name, f"-n={namespace}", kubeconfig=kubeconfig).stdout) if d
+    ]
     hook_pod = next(d for d in hooks if d["kind"] == "Pod")
     script = tmp_path / "rbac_check.py"
     script.write_text(next(d for d in hooks if d["kind"] == "ConfigMap")["data"]["rbac_check.py"])
@@ -124,10 +126,19 @@ def test_upgrade_with_a_changed_value(
 ) -> None:
     name, namespace = release
     before = deployment(api_client, namespace)
-    crd_version = client.ApiextensionsV1Api(api_client).read_custom_resource_definition(CRD_NAME).metadata.resource_version
+    crd_version = (
+        client.ApiextensionsV1Api(api_client).read_custom_resource_definition(CRD_NAME).metadata.resource_version
+    )
     helm(
-        "upgrade", name, str(CHART), f"--namespace={namespace}", "--reuse-values",
-        "--set=operator.workers=3", "--set=operator.logLevel=verbose", "--wait", "--timeout=2m",
+        "upgrade",
+        name,
+        str(CHART),
+        f"--namespace={namespace}",
+        "--reuse-values",
+        "--set=operator.workers=3",
+        "--set=operator.logLevel=verbose",
+        "--wait",
+        "--timeout=2m",
         kubeconfig=kubeconfig,
     )
     after = deployment(api_client, namespace)
@@ -135,6 +146,7 @@ def test_upgrade_with_a_changed_value(
     container = after.spec.template.spec.containers[0]
     assert {e.name: e.value for e in container.env}["PHALANX_WORKERS"] == "3"
     assert "--verbose" in container.args
+
     # Recreate: the old pod is gone before the new one starts; exactly one operator pod remains.
     def one_new_pod() -> bool:
         live = [p for p in operator_pods(core_v1, namespace) if p.metadata.deletion_timestamp is None]

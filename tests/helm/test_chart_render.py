@@ -16,7 +16,10 @@ from kubernetes import client
 from localcluster.testing import Kubectl
 from tests.helm.release import CHART, RESTRICTED, find, helm, kinds, new_namespace, render, template
 
-MONITORING = ["--api-versions=monitoring.coreos.com/v1/ServiceMonitor", "--api-versions=monitoring.coreos.com/v1/PodMonitor"]
+MONITORING = [
+    "--api-versions=monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions=monitoring.coreos.com/v1/PodMonitor",
+]
 
 
 def non_default_values(watch_namespace: str) -> dict[str, Any]:
@@ -214,9 +217,7 @@ def test_every_operator_rule_is_justified_by_a_comment() -> None:
 
 
 @pytest.mark.parametrize("variant", ["default", "non-default"])
-def test_rendered_chart_passes_server_side_dry_run(
-    variant: str, kubectl: Kubectl, core_v1: client.CoreV1Api
-) -> None:
+def test_rendered_chart_passes_server_side_dry_run(variant: str, kubectl: Kubectl, core_v1: client.CoreV1Api) -> None:
     """kubectl apply --dry-run=server: schema, RBAC (escalation checks on the Roles), PodSecurity admission
     of the hook Pod, and warnings for the Deployment's pod template, in a namespace enforcing restricted."""
     ns = new_namespace(core_v1, f"dry-run-{variant}", RESTRICTED)

@@ -42,15 +42,36 @@ def test_schema_forbids_unknown_keys_at_every_level() -> None:
 
 
 BAD_VALUES = [
-    pytest.param({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "value must be one of 'Always', 'IfNotPresent', 'Never'", id="pull-policy"),
+    pytest.param(
+        {"image": {"pullPolicy": "Sometimes"}},
+        "/image/pullPolicy",
+        "value must be one of 'Always', 'IfNotPresent', 'Never'",
+        id="pull-policy",
+    ),
     pytest.param({"scope": "global"}, "/scope", "value must be one of 'cluster', 'namespace'", id="scope"),
-    pytest.param({"replicaCount": 3}, "", "additional properties 'replicaCount' not allowed", id="replicas-are-not-a-value"),
-    pytest.param({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory", "'lots' does not match pattern", id="quantity"),
+    pytest.param(
+        {"replicaCount": 3}, "", "additional properties 'replicaCount' not allowed", id="replicas-are-not-a-value"
+    ),
+    pytest.param(
+        {"resources": {"limits": {"memory": "lots"}}},
+        "/resources/limits/memory",
+        "'lots' does not match pattern",
+        id="quantity",
+    ),
     pytest.param({"operator": {"workers": 0}}, "/operator/workers", "minimum: got 0, want 1", id="workers"),
-    pytest.param({"image": {"digest": "latest"}}, "/image/digest", "'latest' does not match pattern '^(sha256:", id="digest"),
+    pytest.param(
+        {"image": {"digest": "latest"}}, "/image/digest", "'latest' does not match pattern '^(sha256:", id="digest"
+    ),
     pytest.param({"metrics": {"port": 80}}, "/metrics/port", "minimum: got 80, want 1,024", id="privileged-port"),
-    pytest.param({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "/metrics/serviceMonitor/interval", "'30 seconds' does not match pattern", id="interval"),
-    pytest.param({"watchNamespace": "Team_A"}, "/watchNamespace", "'Team_A' does not match pattern", id="namespace-name"),
+    pytest.param(
+        {"metrics": {"serviceMonitor": {"interval": "30 seconds"}}},
+        "/metrics/serviceMonitor/interval",
+        "'30 seconds' does not match pattern",
+        id="interval",
+    ),
+    pytest.param(
+        {"watchNamespace": "Team_A"}, "/watchNamespace", "'Team_A' does not match pattern", id="namespace-name"
+    ),
     pytest.param({"rbac": {"create": "yes"}}, "/rbac/create", "got string, want boolean", id="boolean"),
 ]
 

@@ -85,13 +85,13 @@ def parse(path: Path) -> Dockerfile:
     for ins in instructions:
         assert ins.keyword in KNOWN, f"{path}:{ins.line}: unknown instruction {ins.keyword}"
         if ins.keyword == "ARG" and not stages:
-            name, _, default = ins.args.partition("=")
-            global_args[name] = default
+            arg, _, default = ins.args.partition("=")
+            global_args[arg] = default
         elif ins.keyword == "FROM":
             words = [w for w in ins.args.split() if not w.startswith("--")]
             base = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), m.group(0)), words[0])
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base, name))
+            stage_name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base, stage_name))
         else:
             assert stages, f"{path}:{ins.line}: {ins.keyword} before the first FROM"
             stages[-1].instructions.append(ins)
@@ -187,10 +187,10 @@ def test_pins_agree_with_pyproject() -> None:
         assert dep.specifier.contains(next(iter(pinned.specifier)).version), f"{pinned} vs pyproject {dep}"
     # The extras pin the frameworks the trainer images carry (tensorflow-cpu there is tensorflow here).
     for extra, image in (("torch", "trainer-pytorch"), ("tensorflow", "trainer-tensorflow")):
-        pinned = requirements(image)
+        trainer = requirements(image)
         for dep in map(Requirement, project["optional-dependencies"][extra]):
             name = "tensorflow" if dep.name == "tensorflow-cpu" else dep.name.lower()
-            assert dep.specifier.contains(next(iter(pinned[name].specifier)).version), f"{image}: {dep}"
+            assert dep.specifier.contains(next(iter(trainer[name].specifier)).version), f"{image}: {dep}"
 
 
 # --- what the operator imports ------------------------------------------------------------------------

@@ -37,7 +37,9 @@ def chart_operator(
     operator_process: Callable[..., OperatorProcess],
     tmp_path: Path,
 ) -> OperatorProcess:
-    as_operator = service_account_kubeconfig(kubeconfig, core_v1, chart_install, SERVICE_ACCOUNT, tmp_path / "sa.kubeconfig")
+    as_operator = service_account_kubeconfig(
+        kubeconfig, core_v1, chart_install, SERVICE_ACCOUNT, tmp_path / "sa.kubeconfig"
+    )
     return operator_process(kubeconfig_path=as_operator)
 
 

@@ -38,8 +38,12 @@ def operator_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
     """Rules granted to the operator's ServiceAccount (not the aggregated roles for people)."""
     docs = render(values, extra=["--show-only=templates/rbac.yaml"])
     bound = {d["roleRef"]["name"] for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")}
-    return [rule for d in docs if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"] in bound
-            for rule in d["rules"]]
+    return [
+        rule
+        for d in docs
+        if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"] in bound
+        for rule in d["rules"]
+    ]
 
 
 def grants(rules: list[dict[str, Any]]) -> set[Grant]:
@@ -52,19 +56,19 @@ def watched_resources() -> set[tuple[str | None, str]]:
 
     registry = build_registry(Operator())
     handlers = [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()]
-    return {(h.selector.group, h.selector.plural or h.selector.any_name) for h in handlers if h.selector}
+    return {(h.selector.group, str(h.selector.plural or h.selector.any_name)) for h in handlers if h.selector}
 
 
 @pytest.mark.parametrize("scope", SCOPES)
 def test_everything_the_operator_watches_is_granted_list_and_watch(scope: str, kubectl: Kubectl) -> None:
     # Resolve names like "pods" to their API group the way kopf does: from the server's discovery.
     group_of: dict[str, str] = {}
-    for name in kubectl("api-resources", "-o", "name").stdout.split():
-        plural, _, group = name.partition(".")
+    for resource in kubectl("api-resources", "-o", "name").stdout.split():
+        plural, _, group = resource.partition(".")
         group_of.setdefault(plural, group)
     granted = grants(operator_rules(SCOPES[scope]))
-    for group, plural in sorted(watched_resources(), key=str):
-        api_group = group if group is not None else group_of[plural]
+    for watched_group, plural in sorted(watched_resources(), key=str):
+        api_group = watched_group if watched_group is not None else group_of[plural]
         for verb in ("list", "watch"):
             assert (api_group, plural, verb) in granted, f"the operator watches {plural}.{api_group}; add {verb}"
 

@@ -38,7 +38,9 @@ class Access:
         return f"{self.verb} {res}{where}"
 
 
-def accesses(verbs: str, resource: str, group: str = "", subresource: str = "", namespaced: bool = True) -> list[Access]:
+def accesses(
+    verbs: str, resource: str, group: str = "", subresource: str = "", namespaced: bool = True
+) -> list[Access]:
     return [Access(v, resource, group, subresource, namespaced) for v in verbs.split()]
 
 
@@ -130,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scope", choices=["cluster", "namespace"], required=True)
     parser.add_argument("--watch-namespace", required=True, help="the watched namespace (scope=namespace)")
     parser.add_argument("--release-namespace", required=True)
-    parser.add_argument("--outside-namespace", default="kube-system", help="a namespace a namespaced install must not reach")
+    parser.add_argument(
+        "--outside-namespace", default="kube-system", help="a namespace a namespaced install must not reach"
+    )
     args = parser.parse_args(argv)
     try:
         config.load_incluster_config()

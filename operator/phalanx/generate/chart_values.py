@@ -23,7 +23,6 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PROMETHEUS_DURATION = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
 
 
-
 def _quantity(value: str | int | None) -> str | int | None:
     if isinstance(value, str) and not re.match(QUANTITY, value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity such as 500m, 2 or 1Gi")
