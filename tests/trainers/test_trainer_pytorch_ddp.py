@@ -159,32 +159,34 @@ def test_resume_with_fewer_then_more_ranks_keeps_the_model_state(
     assert final.meta["progress"]["samples_total"] == STEPS * 64 + 60 * 32 + 20 * 96
 
 
-def test_procs_per_pod_spawned_by_the_runtime_match_separate_pods(
-    tmp_path: Path, reference: dict[str, Path], cleanup: list[Job]
+@pytest.mark.parametrize("launcher", ["runtime", "torchrun"])
+def test_two_procs_in_one_pod_match_two_pods(
+    tmp_path: Path, reference: dict[str, Path], cleanup: list[Job], launcher: str
 ) -> None:
-    # One pod, two processes: the operator sets WORLD_SIZE and PHALANX_PROCS_PER_POD, no RANK.
+    # One pod, two processes: the operator sets WORLD_SIZE, PHALANX_PROCS_PER_POD and PET_*, no
+    # RANK. Either the runtime spawns the ranks itself or the container runs torchrun.
+    port = str(free_port())
     env = base_env(
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
+        MASTER_PORT=port,
         WORLD_SIZE="2",
         NODE_RANK="0",
         PHALANX_PROCS_PER_POD="2",
         PET_NPROC_PER_NODE="2",
         PET_NNODES="1",
+        PET_NODE_RANK="0",
+        PET_MASTER_ADDR="127.0.0.1",
+        PET_MASTER_PORT=port,
         PHALANX_CHECKPOINT_DIR=str(tmp_path / "ckpt"),
     )
-    pod = Job(
-        [
-            spawn(
-                "phalanx_trainer.examples.pytorch_ddp",
-                [*MODEL_ARGS, "--out", str(tmp_path / "final.pt")],
-                env,
-                tmp_path / "pod.log",
-            )
-        ]
-    )
+    args = [*MODEL_ARGS, "--out", str(tmp_path / "final.pt")]
+    if launcher == "runtime":
+        module = "phalanx_trainer.examples.pytorch_ddp"
+    else:  # torchrun reads the PET_* variables as its own options
+        module, args = "torch.distributed.run", ["-m", "phalanx_trainer.examples.pytorch_ddp", *args]
+    pod = Job([spawn(module, args, env, tmp_path / "pod.log")])
     cleanup.append(pod)
-    pod.wait_ok(timeout=120)
+    pod.wait_ok(timeout=180)
     assert done_line(pod.chief.output())["world"] == "2"
     assert_bit_equal(load_params(tmp_path / "final.pt"), load_params(reference["final"]))
 
