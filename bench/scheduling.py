@@ -161,7 +161,14 @@ def memory(repeats: int, n_nodes: int) -> dict[str, Any]:
 # --- live ------------------------------------------------------------------------------------------
 
 
-def live(repeats: int, n_nodes: int, kubeconfig: Path | None, directory: Path) -> dict[str, Any]:
+def live(
+    repeats: int,
+    queue_repeats: int,
+    n_nodes: int,
+    kubeconfig: Path | None,
+    directory: Path,
+    save: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
     import kubernetes
 
     import localcluster
@@ -216,10 +223,11 @@ def live(repeats: int, n_nodes: int, kubeconfig: Path | None, directory: Path) -
                 stages["running"].append(max(p.running for p in pods if p.running) - t0)
             kube.delete_namespace(core, ns)
         results["job_64x8"] = {k: summary(v) for k, v in stages.items()}
+        save(results)
 
         # 500 queued jobs behind one that holds every GPU; when it ends, how fast do 100 get in?
         waits: list[float] = []
-        for r in range(max(1, repeats // 2)):
+        for r in range(queue_repeats):
             ns = kube.create_namespace(core, f"bench-queue-{int(time.time())}-{r}")
             with PodWatch(api, ns, names.LABEL_JOB) as watch:
                 custom.create_namespaced_custom_object(*kube.TJ[:2], ns, kube.TJ[2], job("all", n_nodes))
@@ -289,6 +297,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench scheduling", description=__doc__.split("\n\n")[0])
     p.add_argument("parts", nargs="*", default=["memory", "live"], help="memory and/or live (default: both)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--queue-repeats", type=int, default=1, help="rounds of the 500-queued-jobs measurement")
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--kubeconfig", type=Path, default=None, help="a running scale cluster (else one is started)")
     p.add_argument("--dir", type=Path, default=REPO / ".bench" / "scheduling")
@@ -302,13 +311,17 @@ def main(argv: list[str]) -> int:
             mem[key]["decisions_per_second"] = 500 / mem[key]["median"]
     if "live" in args.parts:
         args.dir.mkdir(parents=True, exist_ok=True)
-        results["live"] = live(args.repeats, args.nodes, args.kubeconfig, args.dir)
+
+        def save(partial: dict[str, Any]) -> None:  # a long run keeps what it measured if cut short
+            if args.json:
+                args.json.write_text(json.dumps({**results, "live": partial}, indent=2, default=str))
+
+        results["live"] = live(args.repeats, args.queue_repeats, args.nodes, args.kubeconfig, args.dir, save)
     print(table(results))
     text = json.dumps(results, indent=2, default=str)
+    print(text)
     if args.json:
         args.json.write_text(text)
-    else:
-        print(text)
     return 0
 
 
