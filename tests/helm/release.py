@@ -5,6 +5,7 @@ that account's permissions."""
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "phalanx"
 RBAC_CHECK = CHART / "files" / "rbac_check.py"
 KUBE_VERSION = binaries.version_of("kube-apiserver").lstrip("v")  # `helm template` assumes v1.20 otherwise
+SERVICE_ACCOUNT = "phalanx"  # the chart's default for release "phalanx": the release's full name
+# How the apiserver words an authorization (RBAC) denial: `pods is forbidden: User "system:serviceaccount:
+# ns:name" cannot list resource "pods" ...`. Admission refusals (PodSecurity, a terminating namespace)
+# are worded differently and are not about the operator's permissions.
+RBAC_DENIAL = re.compile(r'is forbidden: User "[^"]*" cannot ')
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -156,3 +162,8 @@ def service_account_kubeconfig(
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+def denied_requests(log: Path) -> list[str]:
+    """Lines of an operator log that show an API call refused by authorization."""
+    return [line for line in log.read_text(errors="replace").splitlines() if RBAC_DENIAL.search(line)]

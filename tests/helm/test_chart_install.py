@@ -12,8 +12,11 @@ exercised here: that the script runs inside the operator image (no container run
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,13 @@ from localcluster.testing import Kubectl, wait_for
 from tests.helm.release import (
     CHART,
     RESTRICTED,
+    denied_requests,
+    find,
     helm,
     helm_binary,
     installed,
     new_namespace,
+    render,
     service_account_kubeconfig,
 )
 
@@ -69,6 +75,57 @@ def test_install_runs_the_operator_and_serves_the_crd(
     # Admitted in a namespace enforcing restricted, and running as the chart's ServiceAccount.
     assert pod.status.phase == "Running" and pod.spec.service_account_name == "phalanx"
     assert core_v1.read_namespace(namespace).metadata.labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_operator_starts_with_the_charts_args_and_env(
+    release: tuple[str, str], kubeconfig: Path, core_v1: client.CoreV1Api, tmp_path: Path
+) -> None:
+    """kwok runs no container, so run the Deployment's own command line here: `python -m phalanx.controller`
+    (the image's entrypoint) with the rendered args and env, as the chart's ServiceAccount. kopf must accept
+    the args, the liveness probe's endpoint must answer and the metrics port must serve."""
+    name, namespace = release
+    metrics, probes = free_port(), free_port()
+    docs = render({"metrics": {"port": metrics}, "probes": {"port": probes}}, release=name, namespace=namespace)
+    spec = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in spec["env"]}
+    as_operator = service_account_kubeconfig(kubeconfig, core_v1, namespace, "phalanx", tmp_path / "sa.kubeconfig")
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "phalanx.controller", *spec["args"]],
+            env={**os.environ, **env, "KUBECONFIG": str(as_operator), "PYTHONPATH": str(CHART.parents[1] / "operator")},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            probe = spec["livenessProbe"]["httpGet"]
+            assert probe["port"] == "healthz"
+            port = next(p["containerPort"] for p in spec["ports"] if p["name"] == "healthz")
+            health = wait_for(lambda: http_get(f"http://127.0.0.1:{port}{probe['path']}"), timeout=60, what="healthz")
+            assert health.startswith("{")  # kopf's probe results as JSON
+            text = wait_for(lambda: http_get(f"http://127.0.0.1:{metrics}/metrics"), timeout=30, what="metrics")
+            assert "phalanx_" in text
+            assert proc.poll() is None, log.read_text()
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert denied_requests(log) == []
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body: bytes = response.read()
+            return body.decode() if response.status == 200 else None
+    except OSError:
+        return None
 
 
 def test_helm_test_checks_rbac_as_the_operator(

@@ -8,18 +8,14 @@ it makes is authorised by the chart's RBAC alone.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from tests.helm.release import RESTRICTED, installed, service_account_kubeconfig
+from tests.helm.release import RESTRICTED, SERVICE_ACCOUNT, installed, service_account_kubeconfig
 from tests.plugins.operator import OperatorProcess
-
-SERVICE_ACCOUNT = "phalanx"  # the chart's default: the release's full name
-FORBIDDEN = re.compile(r"\b403\b|forbidden", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +37,3 @@ def chart_operator(
         kubeconfig, core_v1, chart_install, SERVICE_ACCOUNT, tmp_path / "sa.kubeconfig"
     )
     return operator_process(kubeconfig_path=as_operator)
-
-
-def denied_requests(log: Path) -> list[str]:
-    """Lines of an operator log that show a refused API call."""
-    return [line for line in log.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)]

@@ -11,9 +11,8 @@ import pytest
 from kubernetes import client
 
 from localcluster.testing import wait_for
-from tests.helm.release import new_namespace
+from tests.helm.release import denied_requests, new_namespace
 from tests.plugins.operator import JobClient, OperatorProcess, job_manifest
-from tests.security.conftest import denied_requests
 
 
 def policy(level: str) -> dict[str, str]:
@@ -73,7 +72,7 @@ def test_loosened_template_is_refused_in_a_restricted_namespace(
     # The apiserver's PodSecurity admission refuses the operator's pod create; the operator logs why.
     refusal = 'violates PodSecurity "restricted:latest"'
     line = wait_for(
-        lambda: next((x for x in denied_requests(chart_operator.log_path) if refusal in x), None),
+        lambda: next((x for x in chart_operator.log_path.read_text().splitlines() if refusal in x), None),
         timeout=60,
         what="the PodSecurity refusal in the operator log",
     )

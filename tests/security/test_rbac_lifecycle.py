@@ -19,9 +19,8 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster import sim
 from localcluster.testing import Kubectl
-from tests.helm.release import installed, new_namespace, service_account_kubeconfig
+from tests.helm.release import SERVICE_ACCOUNT, denied_requests, installed, new_namespace, service_account_kubeconfig
 from tests.plugins.operator import JobClient, OperatorProcess, job_manifest
-from tests.security.conftest import SERVICE_ACCOUNT, denied_requests
 
 STATIC_CLASS = "phalanx-rbac-static"
 

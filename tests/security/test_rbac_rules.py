@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 from localcluster.testing import Kubectl
-from tests.helm.release import RBAC_CHECK, render
-from tests.security.conftest import SERVICE_ACCOUNT
+from tests.helm.release import RBAC_CHECK, SERVICE_ACCOUNT, render
 
 SCOPES = {"cluster": {}, "namespace": {"scope": "namespace", "watchNamespace": "ml-jobs"}}
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
