@@ -195,7 +195,7 @@ class Subject:
         else:
             raise TimeoutError(f"{what} not ready after {timeout:.0f}s ({url}); see {self.logs}")
         # Caches filled: wait until its start-up work (lists of nodes, pods, jobs) is over.
-        procstat.wait_quiet(self.proc.pid, threshold=0.05, window=1.0, timeout=60)
+        procstat.wait_quiet(self.proc.pid, threshold=0.03, window=3.0, timeout=90)
 
 
 class Baseline(Subject):
