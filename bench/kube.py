@@ -92,3 +92,31 @@ def delete_namespace(core: kubernetes.client.CoreV1Api, name: str, wait: float =
 
 def bench_namespaces(core: kubernetes.client.CoreV1Api) -> list[str]:
     return [n.metadata.name for n in core.list_namespace(label_selector="phalanx.dev/bench=true").items]
+
+
+WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE", "APPLY")
+COUNTED = ("pods", "services", "trainingjobs", "pytorchjobs", "events")
+
+
+def api_writes(api: kubernetes.client.ApiClient) -> dict[str, float]:
+    """The apiserver's own count of write requests (apiserver_request_total), per "VERB resource[/sub]",
+    for the resources a training operator writes. The difference over a measurement in which only one
+    subject runs is that subject's calls plus what the scheduler (pods/binding) and kwok (pods/status)
+    do for its pods."""
+    resp = api.rest_client.pool_manager.request("GET", api.configuration.host + "/metrics", preload_content=True)
+    counts: dict[str, float] = {}
+    for line in resp.data.decode().splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.rindex("}")].split(","))
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        if labels.get("verb") not in WRITE_VERBS or labels.get("resource") not in COUNTED:
+            continue
+        sub = labels.get("subresource")
+        key = f"{labels['verb']} {labels['resource']}{'/' + sub if sub else ''}"
+        counts[key] = counts.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
+    return {k: int(v - before.get(k, 0)) for k, v in sorted(after.items()) if v - before.get(k, 0) > 0}

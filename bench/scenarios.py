@@ -129,6 +129,7 @@ def job_start(ctx: Ctx, subject: Subject, workers: int) -> dict[str, Any]:
     nerr = len(subject.client.errors)
     try:
         with PodWatch(ctx.api, ns, subject.job_label) as w:
+            calls0 = kube.api_writes(ctx.api)
             win = procstat.Window(subject.pid).start()
             t0 = time.monotonic()
             subject.submit(ns, job)
@@ -141,6 +142,7 @@ def job_start(ctx: Ctx, subject: Subject, workers: int) -> dict[str, Any]:
             "bound_s": _since(max_time(pods, "bound"), t0),
             "running_s": _since(max_time(pods, "running"), t0),
             **_footprint(win),
+            "api_writes": kube.delta(kube.api_writes(ctx.api), calls0),
             "verified": verify(ctx, subject, ns, {job.name: workers}),
             "errors": _errors(subject, nerr),
         }
@@ -159,6 +161,7 @@ def throughput(ctx: Ctx, subject: Subject, jobs: int, workers: int) -> dict[str,
     nerr = len(subject.client.errors)
     try:
         with PodWatch(ctx.api, ns, subject.job_label) as w:
+            calls0 = kube.api_writes(ctx.api)
             win = procstat.Window(subject.pid).start()
             t0 = time.monotonic()
             for s in specs:
@@ -177,6 +180,7 @@ def throughput(ctx: Ctx, subject: Subject, jobs: int, workers: int) -> dict[str,
             "job_latency_p95_s": _pct(latencies, 95),
             "all_created_s": _since(max_time(pods, "created"), t0),
             **_footprint(win),
+            "api_writes": kube.delta(kube.api_writes(ctx.api), calls0),
             "verified": verify(ctx, subject, ns, {s.name: workers for s in specs}),
             "errors": _errors(subject, nerr),
         }
@@ -298,6 +302,7 @@ def recovery(ctx: Ctx, subject: Subject, workers: int, rank: int = 3) -> dict[st
             if armed is not None:
                 time.sleep(1.0)  # the baseline's own watch is listing; it answers when the restart is done
             victim = subject.rank_pod(job.name, rank)
+            calls0 = kube.api_writes(ctx.api)
             win = procstat.Window(subject.pid).start()
             t0 = time.monotonic()
             sim.make_pod_fail(ctx.core, ns, victim, exit_code=137, reason="OOMKilled")
@@ -319,6 +324,7 @@ def recovery(ctx: Ctx, subject: Subject, workers: int, rank: int = 3) -> dict[st
             "pods_replaced": len(replaced),
             "replacement_created_s": _since(max_time(replaced, "created"), t0),
             **_footprint(win),
+            "api_writes": kube.delta(kube.api_writes(ctx.api), calls0),
             "verified": verify(ctx, subject, ns, {job.name: workers}),
             "errors": _errors(subject, nerr),
         }
