@@ -1,17 +1,19 @@
 """Scheduling benchmark (not a test): what gang admission costs and how fast a big gang starts.
 
-`python -m bench scheduling [memory] [live] [--repeats N] [--nodes 100] [--kubeconfig PATH] [--dir DIR]`
+`python -m bench scheduling [memory] [gang] [queue] [--repeats N] [--queue-repeats N] [--nodes 100]
+ [--kubeconfig PATH] [--dir DIR] [--json PATH]`
 
 memory  The admission pass over in-memory caches, no API involved (what the operator does per decision):
         - decide() on 100 nodes of 8 GPUs with 500 queued gangs: the cluster full (all wait) and empty
           (100 admitted, 400 wait);
-        - Admitter.admit_once() over fake kopf indexes holding the same 500 queued jobs and their 1000
-          gated pods, beside 0, 1000 and 5000 running 8-pod jobs (up to 40000 pods): the pass must
+        - Admitter.admit_once() over fake kopf indexes holding 500 queued jobs and their 1000 gated
+          pods, beside 0, 1000 and 5000 running 8-pod jobs (up to 41000 pods cached): the pass must
           not grow with the pods of jobs that do not wait.
-live    On a simulated 100-node cluster (scale profile; started here unless --kubeconfig), phalanx as
+gang    On a simulated 100-node cluster (scale profile; started here unless --kubeconfig), phalanx as
         its own process: from creating one 64-worker x 8-GPU TrainingJob to all 64 pods created,
-        ungated (admitted), bound by kube-scheduler, and Running (kwok). Then 500 queued 1 x 8-GPU
-        jobs behind a job holding every GPU: from that job's end to 100 of them admitted and bound.
+        admitted (the first pod bound), all bound by kube-scheduler, and all Running (kwok).
+queue   The same cluster: 500 queued 1 x 8-GPU jobs behind one job holding every GPU; from the end of
+        that job's pods to every node refilled by a queued job (100 admissions and bindings).
 
 Medians (and min/max) over --repeats. Results print as a markdown table and JSON (--json PATH).
 """
@@ -161,101 +163,119 @@ def memory(repeats: int, n_nodes: int) -> dict[str, Any]:
 # --- live ------------------------------------------------------------------------------------------
 
 
-def live(
-    repeats: int,
-    queue_repeats: int,
-    n_nodes: int,
-    kubeconfig: Path | None,
-    directory: Path,
-    save: Callable[[dict[str, Any]], None],
-) -> dict[str, Any]:
-    import kubernetes
+def tj(name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "phalanx.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "framework": "pytorch",
+            "replicas": replicas,
+            "resources": {"gpus": 8},
+            "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:bench"}]}},
+        },
+    }
 
-    import localcluster
-    from bench import kube
-    from bench.subjects import Phalanx
-    from bench.watch import PodWatch
 
-    started_here = kubeconfig is None
-    if kubeconfig is None:
-        info = localcluster.up("scale", directory / "cluster", nodes=n_nodes, log=lambda s: print(s, file=sys.stderr))
-        kubeconfig = info.kubeconfig
-    api = kube.api_client(kubeconfig)
-    core = kubernetes.client.CoreV1Api(api)
-    custom = kubernetes.client.CustomObjectsApi(api)
-    kube.apply_crd(api, kube.PHALANX_CRD)
-    subject = Phalanx(kubeconfig, directory / "logs")
-    subject.logs.mkdir(parents=True, exist_ok=True)
-    subject.start_controller()
-    results: dict[str, Any] = {"nodes": len(core.list_node().items), "settings": subject.settings}
+class Live:
+    """A scale cluster (started here unless a kubeconfig is given) with phalanx as its own process."""
 
-    def job(name: str, replicas: int) -> dict[str, Any]:
-        return {
-            "apiVersion": "phalanx.dev/v1alpha1",
-            "kind": "TrainingJob",
-            "metadata": {"name": name},
-            "spec": {
-                "framework": "pytorch",
-                "replicas": replicas,
-                "resources": {"gpus": 8},
-                "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:bench"}]}},
-            },
-        }
+    def __init__(self, n_nodes: int, kubeconfig: Path | None, directory: Path) -> None:
+        import kubernetes
 
-    try:
-        stages: dict[str, list[float]] = {"created": [], "admitted": [], "bound": [], "running": []}
-        for r in range(repeats + 1):  # the first round warms the operator up and is not counted
-            ns = kube.create_namespace(core, f"bench-sched-{int(time.time())}-{r}")
-            with PodWatch(api, ns, names.LABEL_JOB) as watch:
-                t0 = time.monotonic()
-                custom.create_namespaced_custom_object(*kube.TJ[:2], ns, kube.TJ[2], job("big", 64))
-                watch.wait(lambda p: len(p) == 64, 300, "64 pods")
-                created = max(p.created for p in watch.snapshot())
-                watch.wait(lambda p: sum(1 for x in p.values() if x.bound) == 64, 300, "64 pods bound")
-                watch.wait(lambda p: sum(1 for x in p.values() if x.running) == 64, 300, "64 pods Running")
-                pods = watch.snapshot()
-            # Admission: the gates are lifted in one burst; the first binding follows it at once.
-            admitted = min(p.bound for p in pods if p.bound)
-            if r:
-                stages["created"].append(created - t0)
-                stages["admitted"].append(admitted - t0)
-                stages["bound"].append(max(p.bound for p in pods if p.bound) - t0)
-                stages["running"].append(max(p.running for p in pods if p.running) - t0)
-            kube.delete_namespace(core, ns)
-        results["job_64x8"] = {k: summary(v) for k, v in stages.items()}
-        save(results)
+        import localcluster
+        from bench import kube
+        from bench.subjects import Phalanx
 
-        # 500 queued jobs behind one that holds every GPU; when it ends, how fast do 100 get in?
-        waits: list[float] = []
-        for r in range(queue_repeats):
-            ns = kube.create_namespace(core, f"bench-queue-{int(time.time())}-{r}")
-            with PodWatch(api, ns, names.LABEL_JOB) as watch:
-                custom.create_namespaced_custom_object(*kube.TJ[:2], ns, kube.TJ[2], job("all", n_nodes))
-                watch.wait(lambda p: sum(1 for x in p.values() if x.running) == n_nodes, 300, "blocker running")
-                for i in range(500):
-                    custom.create_namespaced_custom_object(*kube.TJ[:2], ns, kube.TJ[2], job(f"q{i:03d}", 1))
-                watch.wait(lambda p: len(p) == n_nodes + 500, 600, "500 queued pods")
-                time.sleep(5)  # let the operator settle its notes for the 500
-                t0 = time.monotonic()
-                custom.delete_namespaced_custom_object(*kube.TJ[:2], ns, kube.TJ[2], "all")
-                core.delete_collection_namespaced_pod(
-                    ns, label_selector=f"{names.LABEL_JOB}=all", grace_period_seconds=0
-                )
-                watch.wait(
-                    lambda p: sum(1 for x in p.values() if x.job != "all" and x.bound) >= n_nodes,
-                    600,
-                    f"{n_nodes} queued jobs bound",
-                )
-                waits.append(max(x.bound for x in watch.snapshot() if x.job != "all" and x.bound) - t0)
-            kube.delete_namespace(core, ns)
-        results["queue_500"] = {"admit_and_bind_100": summary(waits)}
-    finally:
-        subject.stop()
-        if started_here:
+        self.started_here = kubeconfig is None
+        self.directory = directory
+        if kubeconfig is None:
+            info = localcluster.up(
+                "scale", directory / "cluster", nodes=n_nodes, log=lambda s: print(s, file=sys.stderr)
+            )
+            kubeconfig = info.kubeconfig
+        self.api = kube.api_client(kubeconfig)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        kube.apply_crd(self.api, kube.PHALANX_CRD)
+        self.nodes = len(self.core.list_node().items)
+        self.subject = Phalanx(kubeconfig, directory / "logs")
+        self.subject.logs.mkdir(parents=True, exist_ok=True)
+        self.subject.start_controller()
+
+    def create(self, ns: str, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object("phalanx.dev", "v1alpha1", ns, "trainingjobs", body)
+
+    def namespace(self, prefix: str) -> str:
+        from bench import kube
+
+        return kube.create_namespace(self.core, f"{prefix}-{time.time_ns() % 10**9}")
+
+    def drop(self, ns: str) -> None:
+        from bench import kube
+
+        self.custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", ns, "trainingjobs")
+        self.core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+        kube.delete_namespace(self.core, ns)
+
+    def close(self) -> None:
+        self.subject.stop()
+        if self.started_here:
             import localcluster
 
-            localcluster.down(directory / "cluster", log=lambda s: print(s, file=sys.stderr))
-    return results
+            localcluster.down(self.directory / "cluster", log=lambda s: print(s, file=sys.stderr))
+
+
+def big_gang(live: Live, repeats: int, workers: int = 64) -> dict[str, Any]:
+    """Create one workers x 8-GPU job; time all pods created, first bound (admitted), all bound, all Running."""
+    from bench.watch import PodWatch
+
+    stages: dict[str, list[float]] = {"created": [], "admitted": [], "bound": [], "running": []}
+    for r in range(repeats + 1):  # the first round warms the operator up and is not counted
+        ns = live.namespace("bench-gang")
+        with PodWatch(live.api, ns, names.LABEL_JOB) as watch:
+            t0 = time.monotonic()
+            live.create(ns, tj("big", workers))
+            watch.wait(lambda p: len(p) == workers, 300, f"{workers} pods")
+            watch.wait(lambda p: sum(1 for x in p.values() if x.running) == workers, 300, "all pods Running")
+            pods = watch.snapshot()
+        if r:
+            bound = [p.bound for p in pods if p.bound]
+            stages["created"].append(max(p.created for p in pods) - t0)
+            stages["admitted"].append(min(bound) - t0)  # gates are lifted in one burst: first binding follows
+            stages["bound"].append(max(bound) - t0)
+            stages["running"].append(max(p.running for p in pods if p.running) - t0)
+        live.drop(ns)
+    return {k: summary(v) for k, v in stages.items()}
+
+
+def queued(live: Live, repeats: int, jobs: int = 500) -> dict[str, Any]:
+    """`jobs` 1 x 8-GPU jobs queued behind one job holding every GPU: from its end to every node refilled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.watch import PodWatch
+
+    n = live.nodes
+    waits: list[float] = []
+    for _ in range(repeats):
+        ns = live.namespace("bench-queue")
+        with PodWatch(live.api, ns, names.LABEL_JOB) as watch:
+            live.create(ns, tj("all", n))
+            watch.wait(lambda p: sum(1 for x in p.values() if x.running) == n, 300, "the job holding every GPU")
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda i, ns=ns: live.create(ns, tj(f"q{i:03d}", 1)), range(jobs)))
+            watch.wait(lambda p: len(p) == n + jobs, 900, f"{jobs} queued pods")
+            time.sleep(15)  # the operator settles: every queued job has its note written
+            t0 = time.monotonic()
+            live.core.delete_collection_namespaced_pod(
+                ns, label_selector=f"{names.LABEL_JOB}=all", grace_period_seconds=0
+            )
+            watch.wait(
+                lambda p: sum(1 for x in p.values() if x.job != "all" and x.bound) >= n, 900, f"{n} queued jobs bound"
+            )
+            waits.append(max(x.bound for x in watch.snapshot() if x.job != "all" and x.bound) - t0)
+        live.drop(ns)
+    return {"jobs": jobs, "refill_all_nodes": summary(waits)}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -276,26 +296,33 @@ def table(results: dict[str, Any]) -> str:
                 )
             )
     lv = results.get("live", {})
-    if lv:
+    if "gang_64x8" in lv:
         for stage, label in (
             ("created", "64 x 8-GPU job: all pods created"),
             ("admitted", "64 x 8-GPU job: admitted (first pod bound)"),
             ("bound", "64 x 8-GPU job: all 64 pods bound"),
             ("running", "64 x 8-GPU job: all 64 pods Running"),
         ):
-            s = lv["job_64x8"][stage]
+            s = lv["gang_64x8"][stage]
             rows.append(f"| {label} | {s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |")
-        s = lv["queue_500"]["admit_and_bind_100"]
-        rows.append(
-            f"| 500 queued 1 x 8-GPU jobs: capacity freed -> 100 admitted and bound | {s['median']:.2f} s | "
-            f"{s['min']:.2f} s | {s['max']:.2f} s |"
-        )
+        if "queue_500" in lv:
+            s = lv["queue_500"]["refill_all_nodes"]
+            rows.append(
+                f"| 500 queued 1 x 8-GPU jobs: capacity freed -> {lv['nodes']} admitted and bound | "
+                f"{s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |"
+            )
     return "\n".join(rows)
+
+
+def save(path: Path | None, results: dict[str, Any]) -> None:
+    """Write what was measured so far: a long run keeps its figures if it is cut short."""
+    if path:
+        path.write_text(json.dumps(results, indent=2, default=str))
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench scheduling", description=__doc__.split("\n\n")[0])
-    p.add_argument("parts", nargs="*", default=["memory", "live"], help="memory and/or live (default: both)")
+    p.add_argument("parts", nargs="*", default=["memory", "gang", "queue"], help="memory, gang, queue (default: all)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--queue-repeats", type=int, default=1, help="rounds of the 500-queued-jobs measurement")
     p.add_argument("--nodes", type=int, default=100)
@@ -309,14 +336,19 @@ def main(argv: list[str]) -> int:
         mem = results["memory"]
         for key in ("decide_full", "decide_empty"):
             mem[key]["decisions_per_second"] = 500 / mem[key]["median"]
-    if "live" in args.parts:
+    if "gang" in args.parts or "queue" in args.parts:
         args.dir.mkdir(parents=True, exist_ok=True)
-
-        def save(partial: dict[str, Any]) -> None:  # a long run keeps what it measured if cut short
-            if args.json:
-                args.json.write_text(json.dumps({**results, "live": partial}, indent=2, default=str))
-
-        results["live"] = live(args.repeats, args.queue_repeats, args.nodes, args.kubeconfig, args.dir, save)
+        live = Live(args.nodes, args.kubeconfig, args.dir)
+        lv: dict[str, Any] = {"nodes": live.nodes, "settings": live.subject.settings}
+        results["live"] = lv
+        try:
+            if "gang" in args.parts:
+                lv["gang_64x8"] = big_gang(live, args.repeats)
+                save(args.json, results)
+            if "queue" in args.parts:
+                lv["queue_500"] = queued(live, args.queue_repeats)
+        finally:
+            live.close()
     print(table(results))
     text = json.dumps(results, indent=2, default=str)
     print(text)

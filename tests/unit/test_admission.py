@@ -371,3 +371,23 @@ def test_shape_of_tpu_job_requires_one_node_pool() -> None:
 @pytest.mark.parametrize("state", sorted(admitter_module.SETTLED_STATES))
 def test_may_wait_is_false_for_settled_states(state: str) -> None:
     assert not admitter_module.may_wait({"metadata": {}, "status": {"attempt": 1, "state": state}})
+
+
+def test_waiting_message_refresh_is_rate_limited_but_a_new_reason_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(admitter_module.time, "monotonic", lambda: clock[0])
+    op = FakeOperator([gpu_node(f"gpu-{i}") for i in range(4)])
+    op.add_job("a", 1, 8, state="Running")
+    op.add_pod("a", 0, gated=False, node="gpu-0")
+    op.add_job("b", 4, 8, created=1)
+    for i in range(4):
+        op.add_pod("b", i)
+    a = run(op)
+    assert "24 free across 3 node(s)" in a.notes[("ns", "b")].message
+    op.indices["usage_index"][("ns", "other")] = [Usage("gpu-1", {GPU: 8})]  # someone else took a node
+    op.enqueued.clear()
+    run(op, a)
+    assert "24 free" in a.notes[("ns", "b")].message and op.enqueued == []  # same reason: not yet
+    clock[0] += admitter_module.NOTE_REFRESH_SECONDS
+    run(op, a)
+    assert "16 free across 2 node(s)" in a.notes[("ns", "b")].message and op.enqueued == [("ns", "b")]

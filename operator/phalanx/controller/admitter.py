@@ -41,6 +41,8 @@ PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
 # Pods this process ungated may still show gates in the cache for a moment; only after this long is
 # a gate that is still there taken as lost (a failed patch) and lifted again.
 RELIFT_AFTER_SECONDS = 2.0
+# How often a waiting job's message may be rewritten when only its numbers changed (same reason).
+NOTE_REFRESH_SECONDS = 10.0
 # While gangs wait, how often the loop re-reads the caches for capacity freed without an event it hears.
 IDLE_RECHECK_SECONDS = 1.0
 # Job states in which no pod of the current attempt waits for admission or binding: skipped cheaply.
@@ -69,6 +71,7 @@ class Admitter:
     def __init__(self, op: Operator) -> None:
         self.op = op
         self.notes: dict[JobKey, AdmissionNote] = {}
+        self._noted: dict[JobKey, float] = {}  # when each job's note was last published
         self._lifted: dict[JobKey, tuple[int, float]] = {}  # job -> (attempt, when) we lifted its gates
         self._jobs: dict[JobKey, _Cached] = {}
         self._wake = asyncio.Event()
@@ -78,6 +81,7 @@ class Admitter:
 
     def forget(self, key: JobKey) -> None:
         self.notes.pop(key, None)
+        self._noted.pop(key, None)
         self._lifted.pop(key, None)
         self._jobs.pop(key, None)
         self.wake()  # its capacity is free now
@@ -167,24 +171,49 @@ class Admitter:
             del self._jobs[key]
         for key in [k for k in self.notes if k not in seen]:
             del self.notes[key]
+            self._noted.pop(key, None)
         for key in [k for k in self._lifted if k not in seen]:
             del self._lifted[key]
 
+        started = time.perf_counter()
         decision = adm.decide(nodes, usage, admitted, queue)
+        took = (time.perf_counter() - started) * 1000
+        lifts = []  # every gate of every gang admitted now, lifted concurrently (the client bounds it)
         for key in decision.admit:
             entry = self._jobs[key]
+            placed = decision.placements.get(key) or []
+            log.info(
+                "admitted %s/%s: %d pod(s) onto %d node(s); the decision over %d queued gang(s) took %.1f ms",
+                *key,
+                len(placed),
+                len(set(placed)),
+                len(queue),
+                took,
+            )
             self._lifted[key] = (entry.job.status.attempt, now)
             self.notes.pop(key, None)
-            await self._lift(key, gated_pods.get(key, []), to_place.get(key, []), decision.placements.get(key))
+            lifts.append(self._lift(key, gated_pods.get(key, []), to_place.get(key, []), decision.placements.get(key)))
             metrics.ADMISSIONS.inc()
+        lifts += [
+            self._lift(key, gated_pods[key], to_place.get(key, []), decision.placements.get(key)) for key in unfinished
+        ]
+        await asyncio.gather(*lifts)
+        for key in decision.admit:
             self.op.enqueue(key)
         for key, why in decision.waiting.items():
-            note = AdmissionNote(why.reason, why.message, why.fatal)
-            if self.notes.get(key) != note:
-                self.notes[key] = note
-                self.op.enqueue(key)
-        for key in unfinished:
-            await self._lift(key, gated_pods[key], to_place.get(key, []), decision.placements.get(key))
+            note, old = AdmissionNote(why.reason, why.message, why.fatal), self.notes.get(key)
+            if old == note:
+                continue
+            # A new reason is news at once. The numbers in a message change with every pod that
+            # comes or goes; each change is a status write per waiting job, so a job's message is
+            # refreshed at most every NOTE_REFRESH_SECONDS (500 waiting jobs would otherwise flood
+            # the API each time capacity moves).
+            same_reason = old is not None and (old.reason, old.fatal) == (note.reason, note.fatal)
+            if same_reason and now - self._noted.get(key, 0.0) < NOTE_REFRESH_SECONDS:
+                continue
+            self.notes[key] = note
+            self._noted[key] = now
+            self.op.enqueue(key)
         return decision
 
     async def _lift(
