@@ -120,7 +120,9 @@ def _apiserver(plan: Plan) -> list[str]:
         f"--tls-private-key-file={p.key('apiserver')}",
         f"--client-ca-file={p.ca_crt}",
         "--authorization-mode=Node,RBAC",  # RBAC really enforced: tests exercise our RBAC manifests
-        "--enable-admission-plugins=NodeRestriction",  # on top of the defaults (PodSecurity included)
+        # On top of the defaults (PodSecurity included); owner-reference enforcement proves the
+        # operator's trainingjobs/finalizers rule (blockOwnerDeletion).
+        "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
         "--allow-privileged=true",  # so it is PodSecurity, not this flag, that rejects privileged pods
         f"--service-account-issuer={SA_ISSUER}",
         f"--service-account-key-file={p.sa_pub}",

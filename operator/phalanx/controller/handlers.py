@@ -7,6 +7,7 @@ fresh registry per operator with `build_registry()` and run it under kopf.testin
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -34,6 +35,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
+    # Watching one namespace needs no cluster-wide discovery of namespaces and CRDs (least privilege).
+    settings.scanning.disabled = bool(os.environ.get("PHALANX_WATCH_NAMESPACE"))
 
 
 def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.OperatorRegistry:

@@ -44,6 +44,7 @@ class Operator:
         # stale (our own write has not come back through the watch yet) and must not be acted on.
         self._written: dict[JobKey, int] = {}
         self.admitter = Admitter(self)
+        self._refusals: dict[JobKey, str] = {}  # the last refused-create message per job, posted once
         # Trainer telemetry; settings are validated here so a misconfiguration stops the operator at once.
         self.scraper = Scraper(self, ScrapeSettings.from_env())
 
@@ -154,8 +155,17 @@ class Operator:
         if plan.delete_pods:
             await asyncio.gather(*(self.kube.delete_pod(ns, p) for p in plan.delete_pods))
         if plan.create:
-            created = await asyncio.gather(*(self.kube.create(m) for m in plan.create))
-            made = sum(1 for m, ok in zip(plan.create, created, strict=True) if ok and m["kind"] == "Pod")
+            results = await asyncio.gather(*(self.kube.create(m) for m in plan.create), return_exceptions=True)
+            refused = [r for r in results if isinstance(r, BaseException)]
+            if refused:
+                # A refused create (Pod Security, quota, webhook) must reach the user, not only our log.
+                message = f"the apiserver refused {len(refused)} object(s): {api_error_message(refused[0])}"
+                if self._refusals.get(key) != message:
+                    self._refusals[key] = message
+                    await self.kube.post_event(ref, "Warning", "FailedCreate", message)
+                raise refused[0]
+            self._refusals.pop(key, None)
+            made = sum(1 for m, ok in zip(plan.create, results, strict=True) if ok is True and m["kind"] == "Pod")
             metrics.PODS_CREATED.inc(made)
             if made:  # only what really was created: with a lagging cache a create can return AlreadyExists
                 message = f"created {made} pod(s) of attempt {plan.status.attempt}"
@@ -166,6 +176,7 @@ class Operator:
             self.queue.add_after(key, plan.requeue_after)
 
     def _forget(self, key: JobKey) -> None:
+        self._refusals.pop(key, None)
         self._written.pop(key, None)
         self.admitter.forget(key)
 
