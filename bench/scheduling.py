@@ -7,8 +7,8 @@ memory  The admission pass over in-memory caches, no API involved (what the oper
         - decide() on 100 nodes of 8 GPUs with 500 queued gangs: the cluster full (all wait) and empty
           (100 admitted, 400 wait);
         - Admitter.admit_once() over fake kopf indexes holding 500 queued jobs and their 1000 gated
-          pods, beside 0, 1000 and 5000 running 8-pod jobs (up to 41000 pods cached): the pass must
-          not grow with the pods of jobs that do not wait.
+          pods, beside 1000 running jobs of 1, 8 and 64 pods (up to 65000 pods cached) and 5000 of 8:
+          the pass must not grow with the pods of jobs that do not wait.
 gang    On a simulated 100-node cluster (scale profile; started here unless --kubeconfig), phalanx as
         its own process: from creating one 64-worker x 8-GPU TrainingJob to all 64 pods created,
         admitted (the first pod bound), all bound by kube-scheduler, and all Running (kwok).
@@ -148,15 +148,21 @@ def memory(repeats: int, n_nodes: int) -> dict[str, Any]:
     results["decide_full"] = summary(timed(lambda: decide(nodes(n_nodes), full, [], queue), repeats))
     singles = gangs(500, 1)
     results["decide_empty"] = summary(timed(lambda: decide(nodes(n_nodes), [], [], singles), repeats))
-    for running in (0, 1000, 5000):
+    # The same 500 queued jobs beside running jobs: more pods per running job (cost must not move),
+    # then more running jobs (one dict check each).
+    for running, per_job in ((0, 0), (1000, 1), (1000, 8), (1000, 64), (5000, 8)):
         op = FakeOperator(n_nodes)
         for i in range(running):
-            op.add_job(f"r{i}", 8, "Running", i)
+            op.add_job(f"r{i}", per_job, "Running", i)
         for i in range(500):
             op.add_job(f"q{i}", 2, "Queued", running + i)
         op.indices["usage_index"] = {("bench", f"u{i}"): [Usage(f"gpu-{i}", {GPU: 8})] for i in range(n_nodes)}
         pods = sum(len(v) for v in op.indices["pod_index"].values())
-        results[f"admit_once_{running}_running"] = {**summary(admission_passes(op, repeats)), "pods_in_cache": pods}
+        results[f"admit_once_{running}x{per_job}"] = {
+            **summary(admission_passes(op, repeats)),
+            "running_jobs": running,
+            "pods_in_cache": pods,
+        }
     return results
 
 
@@ -288,13 +294,14 @@ def table(results: dict[str, Any]) -> str:
     if mem:
         rows.append(ms(mem["decide_full"]).format("decide(): 100 nodes full, 500 queued gangs (all wait)"))
         rows.append(ms(mem["decide_empty"]).format("decide(): 100 nodes empty, 500 queued 1-pod gangs (100 admitted)"))
-        for running in (0, 1000, 5000):
-            s = mem[f"admit_once_{running}_running"]
-            rows.append(
-                ms(s).format(
-                    f"admit_once(): 500 queued jobs + {running} running jobs ({s['pods_in_cache']} pods cached)"
+        for key, s in mem.items():
+            if key.startswith("admit_once_"):
+                rows.append(
+                    ms(s).format(
+                        f"admit_once(): 500 queued jobs + {s['running_jobs']} running jobs "
+                        f"({s['pods_in_cache']} pods cached)"
+                    )
                 )
-            )
     lv = results.get("live", {})
     if "gang_64x8" in lv:
         for stage, label in (

@@ -46,7 +46,10 @@ def clean_accelerators(core_v1: client.CoreV1Api, api_client: client.ApiClient, 
         pods = core_v1.list_pod_for_all_namespaces().items
         return [f"{p.metadata.namespace}/{p.metadata.name}" for p in pods if live(p) and accelerators(p)]
 
-    wait_for(lambda: not holders(), timeout=90, what="GPU/TPU pods of earlier tests to go away")
+    try:
+        wait_for(lambda: not holders(), timeout=90, what="GPU/TPU pods of earlier tests to go away")
+    except TimeoutError:
+        pytest.fail(f"these pods still hold GPUs/TPUs, so capacity figures would be off: {holders()}")
     yield
     # The namespace is deleted without waiting, and its pods would keep their GPUs for their grace
     # period: remove the jobs, then the pods at once, so the next test starts with the cluster free.
