@@ -16,8 +16,9 @@ def kill_during_creation(jobs: JobClient, operator_process: Any, name: str) -> i
     op = operator_process(env={"PHALANX_API_CONCURRENCY": "1"})
     jobs.create(job_manifest(name, replicas=WORKERS))
     w = watch.Watch()
-    for _ in w.stream(jobs.core.list_namespaced_pod, jobs.ns, label_selector=f"phalanx.dev/job-name={name}",
-                      timeout_seconds=60):  # fmt: skip
+    for _ in w.stream(
+        jobs.core.list_namespaced_pod, jobs.ns, label_selector=f"phalanx.dev/job-name={name}", timeout_seconds=60
+    ):
         op.kill()
         break
     w.stop()
@@ -34,8 +35,12 @@ def test_operator_killed_mid_creation_resumes_without_duplicates(jobs: JobClient
     assert 0 < created < WORKERS, f"could not kill the operator mid-creation (saw {created} pods)"
 
     operator_process()  # a fresh operator: it knows nothing but what the API holds
-    pods = jobs.wait_pods(name, lambda ps: len(ps) == WORKERS and all(p.status.phase == "Running" for p in ps),
-                          timeout=120, what=f"{WORKERS} running pods")  # fmt: skip
+    pods = jobs.wait_pods(
+        name,
+        lambda ps: len(ps) == WORKERS and all(p.status.phase == "Running" for p in ps),
+        timeout=120,
+        what=f"{WORKERS} running pods",
+    )
     assert sorted(p.metadata.name for p in pods) == sorted(f"{name}-worker-{i}" for i in range(WORKERS))
     assert {p.metadata.labels["phalanx.dev/attempt"] for p in pods} == {"1"}
     ranks = sorted(int(next(e.value for e in p.spec.containers[0].env if e.name == "RANK")) for p in pods)
