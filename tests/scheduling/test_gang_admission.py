@@ -133,7 +133,9 @@ def test_gangs_are_admitted_in_priority_order(
         jobs.create(gpu_job(level, 3, scheduling={"priorityClassName": classes[level]}))
     for level in ("low", "mid", "high"):
         wait_admission(jobs, level, "InsufficientGPU")
-    assert "queued behind" in admitted(jobs, "low")["message"]  # type: ignore[index]
+    # low waits behind a higher gang (its message may first have counted free GPUs, before the
+    # others were queued; same-reason messages are refreshed every 10 s).
+    jobs.wait("low", lambda _: "queued behind" in (admitted(jobs, "low") or {}).get("message", ""), what="queued")
 
     # Each time the running gang ends, exactly one more starts: the highest priority left.
     order: list[str] = []
