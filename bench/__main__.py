@@ -22,7 +22,7 @@ from typing import Any
 
 import bench  # noqa: F401  (puts operator/ and dev/ on sys.path)
 from bench import REPO, kube, kubeflow, procstat, report, scenarios
-from bench.subjects import SUBJECTS, Subject
+from bench.subjects import SUBJECTS, Phalanx, Subject
 
 OURS = ("start", "throughput", "sustained", "recovery", "footprint")
 OTHERS = ("trainer_overhead", "scheduling", "operator_metrics")
@@ -47,6 +47,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--footprint-subjects", default="phalanx", help="footprint: who (default: %(default)s)")
     p.add_argument("--idle-seconds", type=float, default=30, help="footprint: idle window per step")
     p.add_argument("--concurrency", type=int, default=16, help="client-side API concurrency, every subject")
+    p.add_argument("--phalanx-workers", type=int, default=8, help="PHALANX_WORKERS (default: the operator's, 8)")
     p.add_argument("--kubeconfig", type=Path, help="use this running cluster instead of starting one")
     p.add_argument("--cluster-dir", type=Path, help="state dir of the cluster started (default: OUT/cluster)")
     p.add_argument("--keep-cluster", action="store_true", help="leave the started cluster running")
@@ -93,6 +94,8 @@ class Runner:
 
     def subject(self, name: str) -> Subject:
         s = SUBJECTS[name](kubeconfig=self.ctx.kubeconfig, logs=self.log_dir, concurrency=self.args.concurrency)
+        if isinstance(s, Phalanx):
+            s.workers = self.args.phalanx_workers
         t = time.monotonic()
         s.start()
         self.settings.setdefault(name, s.settings)
