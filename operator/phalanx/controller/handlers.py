@@ -106,6 +106,14 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     def pod_event(**kw: Any) -> None:
         op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
 
+    def frees_accelerators(body: kopf.Body, type: str | None, **_: Any) -> bool:
+        ended = type == "DELETED" or (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        return ended and bool(caches.accelerator_requests(body.get("spec") or {}))
+
+    @kopf.on.event("pods", registry=registry, when=frees_accelerators)
+    def accelerator_pod_ended(**_: Any) -> None:
+        op.admitter.wake()  # its GPUs/TPUs are free: a waiting gang may fit now
+
     @kopf.on.event("services", labels=MANAGED, registry=registry)
     def service_event(**kw: Any) -> None:
         op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
