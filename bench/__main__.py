@@ -205,7 +205,9 @@ class Runner:
             s = self.subject(name)
             tried: list[dict[str, Any]] = []
             try:
-                for rate in ladder:
+                queue = list(ladder)
+                while queue:
+                    rate = queue.pop(0)
                     r = scenarios.sustained(self.ctx, s, rate, a.sustain_seconds, a.workers, a.pod_seconds)
                     tried.append(r)
                     self.log(
@@ -213,11 +215,20 @@ class Runner:
                         f"backlog mid/last {r['backlog_mid_median']}/{r['backlog_last_median']}, "
                         f"p95 {r['job_latency_p95_s']}"
                     )
-                    if r["held"]:
+                    if r["held"] and len(tried) == 1 and not a.rates:
+                        # The first (highest) rung held: the limit lies above it; climb until one fails.
+                        queue = [round(rate * 1.25, 2)] if len(tried) < 4 else []
+                        ladder = []
+                    elif r["held"] and not ladder and not a.rates and len(tried) < 4:
+                        queue = [round(rate * 1.25, 2)]
+                    elif r["held"]:
                         break
+                    elif not ladder:
+                        break  # climbing: the previous rung was the highest held
             finally:
                 s.stop()
-            best = next((r for r in tried if r["held"]), None)
+            held = [r for r in tried if r["held"]]
+            best = max(held, key=lambda r: r["rate_jobs_per_s"]) if held else None
             results[name] = [{"held_rate": best["rate_jobs_per_s"] if best else 0.0,
                               "job_latency_p95_s": best["job_latency_p95_s"] if best else None,
                               "cpu_per_job_ms": 1000 * best["cpu_seconds"] / best["jobs"] if best else None,
