@@ -191,3 +191,22 @@ def test_program_error_that_came_first_fails_the_job() -> None:
     plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)
     failed = cond.get(plan.status, cond.FAILED)
     assert failed is not None and "j-worker-0 exited with code 1" in failed.message
+
+
+def test_event_names_the_step_a_restarted_gang_resumed_from_once() -> None:
+    from phalanx.core.telemetry import JobTelemetry
+
+    running = reconcile(
+        job(spec(), TrainingJobStatus(attempt=2, restarts=1)), [pod(0, attempt=2), pod(1, attempt=2)], True, T0
+    )
+    t = JobTelemetry(attempt=2, replicas=2, pods_reporting=2, observed_at=T0, resumed_from_step=150)
+    plan = reconcile(job(spec(), running.status), [pod(0, attempt=2), pod(1, attempt=2)], True, T0, telemetry=t)
+    assert plan.status.resumed_from_step == 150
+    assert [e.message for e in plan.events if e.reason == "ResumedFromCheckpoint"] == [
+        "attempt 2 resumed from checkpoint step 150"
+    ]
+    again = reconcile(job(spec(), plan.status), [pod(0, attempt=2), pod(1, attempt=2)], True, T0, telemetry=t)
+    assert not any(e.reason == "ResumedFromCheckpoint" for e in again.events)
+    stale = JobTelemetry(attempt=1, replicas=2, pods_reporting=2, observed_at=T0, resumed_from_step=50)
+    fresh = reconcile(job(spec(), running.status), [pod(0, attempt=2), pod(1, attempt=2)], True, T0, telemetry=stale)
+    assert fresh.status.resumed_from_step is None  # another attempt's numbers never count

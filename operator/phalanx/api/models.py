@@ -425,5 +425,7 @@ class TrainingJobStatus(Model):
     """When the current attempt's pods were created."""
     last_checkpoint: CheckpointStatus | None = None
     """The newest checkpoint the trainers reported."""
+    resumed_from_step: int | None = None
+    """The checkpoint step the current attempt resumed from, once its trainers report it."""
     throughput: ThroughputStatus | None = None
     """Throughput and scaling efficiency."""

@@ -133,6 +133,7 @@ def _counts(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView]) -> N
 
 def _new_attempt(step: _Step, current: Sequence[PodView], reason: str, message: str) -> Plan:
     step.status.attempt += 1
+    step.status.resumed_from_step = None
     step.status.attempt_start_time = format_time(step.now)
     step.condition(cond.RESTARTING, True, reason, message)
     step.condition(cond.RUNNING, False, reason, message)
@@ -189,6 +190,7 @@ def reconcile(
         step.plan.events.append(Event("Normal", "Resumed", f"resumed as attempt {s.attempt + 1}"))
         s.attempt += 1
         s.attempt_start_time = format_time(now)
+        s.resumed_from_step = None
     if s.attempt == 0:
         s.attempt = 1
         s.attempt_start_time = format_time(now)
@@ -279,6 +281,12 @@ def reconcile(
     # rounded and compared with thresholds), so a scrape alone never costs a status write.
     if telemetry is not None and cond.is_true(s, cond.RUNNING):
         tm.apply(s, spec, job.created, telemetry)
+        resumed = telemetry.resumed_from_step
+        if telemetry.attempt == s.attempt and resumed is not None and s.resumed_from_step is None:
+            s.resumed_from_step = resumed  # once per attempt: the event below is posted once
+            step.plan.events.append(
+                Event("Normal", "ResumedFromCheckpoint", f"attempt {s.attempt} resumed from checkpoint step {resumed}")
+            )
     return step.done()
 
 

@@ -68,6 +68,7 @@ class JobTelemetry:
     step_seconds: float | None = None  # mean step time of this attempt
     checkpoint_step: int | None = None  # newest checkpoint this attempt committed
     checkpoint_time: float | None = None  # its unix time
+    resumed_from_step: int | None = None  # the checkpoint step this attempt resumed from (None: fresh)
 
 
 class Change(IntEnum):
@@ -146,6 +147,7 @@ def job_telemetry(
         step_seconds=step_seconds,
         checkpoint_step=newest_ckpt.checkpoint_step if newest_ckpt else None,
         checkpoint_time=newest_ckpt.checkpoint_time if newest_ckpt else None,
+        resumed_from_step=next((s.resumed_from_step for s in newest if s.resumed_from_step >= 0), None),
     )
 
 
