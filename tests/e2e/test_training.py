@@ -195,9 +195,9 @@ def test_sigkilled_worker_restarts_the_gang_which_resumes_to_the_same_model(
     namespace: str, claim: Callable[[str], Path], kubectl: Kubectl,
 ) -> None:  # fmt: skip
     """SIGKILL the trainer of worker 0 (rank 0: the rendezvous host and checkpoint writer) after
-    its first committed checkpoint. Worker 0 rather than 1: its peer then crashes on the broken
-    collective with exit 1, and the operator judges a gang by its lowest-index failure, so killing
-    rank 0 keeps that judgement on the real cause (137) whatever the timing (see docs/e2e.md)."""
+    its first committed checkpoint. Its peer then crashes on the broken collective with exit 1; the
+    operator judges a gang by its first failure (finishedAt, a retryable cause winning ties), so the
+    judgement stays on the real cause (137) (see docs/e2e.md)."""
     claim_dir = claim("ckpt")
     kubectl_apply(kubectl, namespace, training_job("killed", "ckpt", DDP_ARGS))
     wait_for("a committed checkpoint", lambda: committed_steps(claim_dir))
