@@ -230,6 +230,12 @@ def test_efficiency_matches_prometheus_and_every_dashboard_query_has_data(
         ],
     )
     try:
+        # Prometheus must have read the operator before the job starts: a counter or histogram that is
+        # already at 1 on the first scrape never shows an increase.
+        deadline = time.monotonic() + 120
+        while prom.value('up{job="phalanx-operator"}') != 1.0:
+            assert time.monotonic() < deadline, f"Prometheus never scraped the operator: {prom.targets_up()}"
+            time.sleep(0.5)
         ckpt = tmp_path / "checkpoints"
         jobs.create(job_manifest(JOB, replicas=1, metrics={"port": tport}))
 
