@@ -151,6 +151,9 @@ def _controller_manager(plan: Plan) -> list[str]:
         # Client-side rate limits (default 20 qps) make GC and namespace deletion crawl in tests.
         f"--kube-api-qps={qps}",
         f"--kube-api-burst={qps * 2}",
+        # Simulated nodes only miss heartbeats when this 2-core machine is overloaded; declaring them
+        # lost then (default 50 s) would taint and evict pods that tests depend on.
+        "--node-monitor-grace-period=5m",
     ]
 
 
