@@ -141,6 +141,7 @@ def test_non_default_render() -> None:
         "Deployment",
         "Pod",
         "PodMonitor",
+        "PodMonitor",  # the trainers'
         "Role",
         "RoleBinding",
         "Service",
@@ -171,7 +172,12 @@ def test_non_default_render() -> None:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
-    pod_monitor = find(docs, "PodMonitor")
+    trainers = next(d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"].endswith("-trainers"))
+    assert trainers["spec"]["namespaceSelector"] == {"matchNames": ["ml-jobs"]}
+    assert trainers["spec"]["selector"] == {"matchExpressions": [{"key": "phalanx.dev/job-name", "operator": "Exists"}]}
+    endpoint = trainers["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["port"] == "metrics" and endpoint["relabelings"][0]["targetLabel"] == "trainingjob"
+    pod_monitor = find(docs, "PodMonitor", "ops-phalanx")
     assert pod_monitor["spec"]["selector"]["matchLabels"] == find(docs, "Deployment")["spec"]["selector"]["matchLabels"]
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     dashboards = find(docs, "ConfigMap", "ops-phalanx-dashboards")

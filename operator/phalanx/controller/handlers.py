@@ -15,10 +15,8 @@ from prometheus_client import start_http_server
 
 from phalanx.api.models import GROUP, PLURAL, VERSION
 from phalanx.controller import caches
-from phalanx.controller.metrics import JOBS, WORK_QUEUE_DEPTH
 from phalanx.controller.operator import Operator
 from phalanx.core import names
-from phalanx.core.observe import job_view
 
 JOBS_RESOURCE = (GROUP, VERSION, PLURAL)
 MANAGED = {names.LABEL_JOB: kopf.PRESENT}
@@ -121,19 +119,5 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     @kopf.on.event("nodes", registry=registry)
     def node_event(**_: Any) -> None:
         op.admitter.wake()
-
-    @kopf.on.probe(id="jobs", registry=registry)
-    def gauges(**kw: Any) -> int:
-        counts: dict[tuple[str, str], int] = {}
-        for store in kw["job_index"].values():
-            for body in store:
-                job = job_view(body)
-                key = (job.status.state or "Pending", job.spec.framework.value if job.spec else "unknown")
-                counts[key] = counts.get(key, 0) + 1
-        JOBS.clear()
-        for (state, framework), n in counts.items():
-            JOBS.labels(state=state, framework=framework).set(n)
-        WORK_QUEUE_DEPTH.set(len(op.queue))
-        return sum(counts.values())
 
     return registry
