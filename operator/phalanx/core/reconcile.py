@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec
+from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec, TrainingJobStatus
 from phalanx.core import conditions as cond
 from phalanx.core import names, storage
 from phalanx.core import telemetry as tm
@@ -77,10 +77,7 @@ class _Step:
         return self.plan
 
 
-def state_of(status: object) -> str:
-    from phalanx.api.models import TrainingJobStatus
-
-    assert isinstance(status, TrainingJobStatus)
+def state_of(status: TrainingJobStatus) -> str:
     for type_, state in (
         (cond.FAILED, "Failed"),
         (cond.SUCCEEDED, "Succeeded"),
