@@ -3,6 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainers:$(CURDIR)/dev:$(CURDIR)
 PROFILE ?= default
+# The local cluster's simulated pods carry made-up private addresses: the operator started from here
+# (make operator, make demo, the tests) scrapes trainer metrics only on this machine.
+export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
 .PHONY: help deps binaries cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator

@@ -233,3 +233,15 @@ def test_a_stopped_job_is_forgotten_and_a_dead_endpoint_counts_as_error() -> Non
         assert not scraper._state and op.queued == []
 
     asyncio.run(scenario())
+
+
+def test_scrape_networks_limit_which_pod_addresses_are_contacted() -> None:
+    from phalanx.controller.scraper import ConfigError, ScrapeSettings
+
+    s = ScrapeSettings.from_env({"PHALANX_SCRAPE_NETWORKS": "127.0.0.0/8"})
+    assert s.allows("127.0.0.7") and not s.allows("10.64.0.3") and not s.allows("not-an-ip")
+    assert ScrapeSettings.from_env({}).allows("10.64.0.3")  # unset: any (a real cluster's pod network)
+    import pytest
+
+    with pytest.raises(ConfigError, match="PHALANX_SCRAPE_NETWORKS"):
+        ScrapeSettings.from_env({"PHALANX_SCRAPE_NETWORKS": "10.0.0.0/33"})

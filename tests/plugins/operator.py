@@ -23,6 +23,9 @@ import yaml
 from kubernetes import client
 
 REPO = Path(__file__).resolve().parents[2]
+# kwok gives simulated pods made-up private addresses: every operator the tests start (in process or as a
+# subprocess, which inherits this) may contact trainer pods only on this machine.
+os.environ.setdefault("PHALANX_SCRAPE_NETWORKS", "127.0.0.0/8")
 CRD = REPO / "crds" / "phalanx.dev_trainingjobs.yaml"
 GROUP, VERSION, PLURAL = "phalanx.dev", "v1alpha1", "trainingjobs"
 

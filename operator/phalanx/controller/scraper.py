@@ -25,6 +25,7 @@ summary changed materially (core/telemetry.change), and drift at most once per `
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import time
@@ -89,6 +90,16 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     return value
 
 
+ENV_NETWORKS = "PHALANX_SCRAPE_NETWORKS"
+
+
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_NETWORKS}={value!r}: {exc}; give comma-separated CIDRs such as 10.0.0.0/8") from exc
+
+
 @dataclass(frozen=True)
 class ScrapeSettings:
     source: str = SCRAPE
@@ -98,6 +109,9 @@ class ScrapeSettings:
     concurrency: int = 32  # requests in flight, all jobs together
     max_pods_per_job: int = 16
     min_update_s: float = 60.0  # drift updates of one job's status at most this often
+    # Only pod IPs inside these networks are contacted (empty: any). Test clusters whose simulated pods
+    # carry made-up addresses set 127.0.0.0/8 so nothing off the machine is ever contacted.
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ScrapeSettings:
@@ -126,7 +140,17 @@ class ScrapeSettings:
             concurrency=int(_number(env, "PHALANX_SCRAPE_CONCURRENCY", cls.concurrency, 1, 1024)),
             max_pods_per_job=int(_number(env, "PHALANX_SCRAPE_MAX_PODS_PER_JOB", cls.max_pods_per_job, 1, 10000)),
             min_update_s=_number(env, "PHALANX_TELEMETRY_MIN_UPDATE_SECONDS", cls.min_update_s, 0, 86400),
+            networks=_networks(env.get(ENV_NETWORKS, "")),
         )
+
+    def allows(self, ip: str) -> bool:
+        if not self.networks:
+            return True
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks)
 
     def describe(self) -> str:
         if self.source == OFF:
@@ -266,7 +290,11 @@ class Scraper:
         pods = [
             p
             for p in self.jobs.pods_of(key, state.uid)
-            if p.attempt == state.attempt and p.phase == "Running" and p.ip and not p.terminating
+            if p.attempt == state.attempt
+            and p.phase == "Running"
+            and p.ip
+            and not p.terminating
+            and self.settings.allows(p.ip)
         ]
         chosen = sample_pods(pods, self.settings.max_pods_per_job)
         samples = await asyncio.gather(*(self.scrape_pod(session, limit, p, port, state.attempt) for p in chosen))
