@@ -97,23 +97,28 @@ def test_gang_admission_runs_one_gang_whole_and_the_other_after_it(
 ) -> None:
     jobs.create(gpu_job("a", 3))
     jobs.create(gpu_job("b", 3))
-    # Generous: on a loaded 2-core machine the scheduler and kwok lag (no timing is asserted).
-    a_pods = jobs.wait_pods("a", all_running(3), timeout=180, what="a running")
-    assert len({p.spec.node_name for p in a_pods}) == 3
-    jobs.wait_state("a", "Running")
-    cond = wait_admission(jobs, "b", "InsufficientGPU")
-    assert jobs.get("b")["status"]["state"] == "Queued"
+    # The first gang whose pods all exist is admitted: under load that can be b (created a moment later).
+    # Generous waits: on a loaded 2-core machine the scheduler and kwok lag (no timing is asserted).
+    one_running = lambda _: any(all_running(3)(jobs.pods(n)) for n in ("a", "b"))  # noqa: E731
+    jobs.wait("a", one_running, timeout=180, what="one gang running")
+    first = "a" if all_running(3)(jobs.pods("a")) else "b"
+    second = "b" if first == "a" else "a"
+    first_pods = jobs.pods(first)
+    assert len({p.spec.node_name for p in first_pods}) == 3
+    jobs.wait_state(first, "Running")
+    cond = wait_admission(jobs, second, "InsufficientGPU")
+    assert jobs.get(second)["status"]["state"] == "Queued"
     assert "needs 24 nvidia.com/gpu" in cond["message"] and "3 pod(s) x 8" in cond["message"]
     assert "8 free across 1 node(s), room for 1 of 3 pod(s)" in cond["message"]
-    b_pods = jobs.pods("b")
-    assert len(b_pods) == 3 and all(p.spec.scheduling_gates and not p.spec.node_name for p in b_pods)
+    second_pods = jobs.pods(second)
+    assert len(second_pods) == 3 and all(p.spec.scheduling_gates and not p.spec.node_name for p in second_pods)
 
-    succeed_all(jobs, namespace, "a")
-    jobs.wait_state("a", "Succeeded")
-    b_pods = jobs.wait_pods("b", all_running(3), what="b running after a finished")
-    assert len({p.spec.node_name for p in b_pods}) == 3
-    jobs.wait_state("b", "Running")  # the status write that follows the pods (it lags them under load)
-    assert admitted(jobs, "b")["reason"] == "GangAdmitted"  # type: ignore[index]
+    succeed_all(jobs, namespace, first)
+    jobs.wait_state(first, "Succeeded")
+    second_pods = jobs.wait_pods(second, all_running(3), timeout=180, what="the second running after the first")
+    assert len({p.spec.node_name for p in second_pods}) == 3
+    jobs.wait_state(second, "Running")  # the status write that follows the pods (it lags them under load)
+    assert admitted(jobs, second)["reason"] == "GangAdmitted"  # type: ignore[index]
 
     # Nothing was ever half placed: no pod of either gang was ever left unschedulable, and the two
     # gangs never held GPUs at the same time.
