@@ -33,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from bench import kube
 from bench.watch import PodWatch
 from bench.workloads import JobSpec, phalanx_objects, pytorch_job, training_job
+from phalanx.controller.kube import api_error_message
 from phalanx.core import names
 
 T = TypeVar("T")
@@ -72,7 +73,7 @@ class Client:
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as exc:
-            self.emit(op=op, id=cmd.get("id"), error=f"{type(exc).__name__}: {_message(exc)}")
+            self.emit(op=op, id=cmd.get("id"), error=f"{type(exc).__name__}: {api_error_message(exc)}")
             return
         self.emit(op=op, id=cmd.get("id"), error=None)
 
@@ -205,15 +206,6 @@ class Client:
                 await self.start_gang(body, attempt=2, with_service=False, only=lost)
         finally:
             watch.stop()
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, ApiException) and exc.body:
-        try:
-            return str(json.loads(exc.body).get("message", exc.body))
-        except (ValueError, AttributeError):
-            return str(exc.body)
-    return str(exc)
 
 
 async def serve(client: Client) -> None:
