@@ -24,11 +24,10 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from phalanx import contract
-from phalanx_trainer.checkpoint.store import COMMIT_MARKER, FORMAT_VERSION, Checkpoint
+from phalanx_trainer.checkpoint.store import COMMIT_MARKER, FORMAT_VERSION, Checkpoint, StagedWriter
 from phalanx_trainer.env import DEFAULT_CHECKPOINT_KEEP
 from phalanx_trainer.errors import RuntimeConfigError
 
@@ -163,7 +162,7 @@ class RemoteCheckpointStore:
         return [c.step for c in doomed]
 
 
-class RemoteCheckpointWriter:
+class RemoteCheckpointWriter(StagedWriter):
     def __init__(self, store: RemoteCheckpointStore, step: int) -> None:
         self.store = store
         self.step = step
@@ -211,16 +210,3 @@ class RemoteCheckpointWriter:
         shutil.move(str(self.path), cached)
         store.prune()
         return Checkpoint(step=self.step, path=cached, created=created, files=files, meta=marker["meta"])
-
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> RemoteCheckpointWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.abort()

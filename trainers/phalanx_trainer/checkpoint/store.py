@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from phalanx_trainer.checkpoint.fsutil import fsync_dir, fsync_tree, write_bytes_durably
 from phalanx_trainer.env import DEFAULT_CHECKPOINT_KEEP, JobEnv
@@ -206,7 +206,28 @@ def _uncommit(path: Path) -> None:
     fsync_dir(path)
 
 
-class CheckpointWriter:
+class StagedWriter:
+    """A checkpoint being written into a staging dir (`path`): leaving the `with` block without a
+    commit throws the staging dir away, so a failed save never looks like a checkpoint."""
+
+    path: Path
+    _done: bool
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()
+
+
+class CheckpointWriter(StagedWriter):
     """One save in progress: write files under `path` (or `file(name)`), then `commit(meta)`.
 
     Used as a context manager, an exception (or leaving without commit) removes the temp dir.
@@ -255,19 +276,6 @@ class CheckpointWriter:
             shutil.rmtree(trash, ignore_errors=True)
         store.prune()
         return Checkpoint(step=self.step, path=final, created=created, files=files, meta=marker["meta"])
-
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> CheckpointWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.abort()
 
 
 class Writer(Protocol):
