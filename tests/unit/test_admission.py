@@ -340,6 +340,41 @@ def test_settled_jobs_are_skipped_without_parsing() -> None:
     assert a.notes == {} and op.kube.ungated == [] and a._jobs == {}
 
 
+class CountingDict(dict[Any, Any]):
+    reads = 0
+
+    def values(self) -> Any:
+        self.reads += 1
+        return super().values()
+
+
+def test_admitter_reads_nodes_only_while_some_gang_waits() -> None:
+    op = FakeOperator([gpu_node("gpu-0"), gpu_node("gpu-1")])
+    nodes = op.indices["node_index"] = CountingDict(op.indices["node_index"])
+    op.add_job("done", 1, 8, state="Running")
+    op.add_pod("done", 0, gated=False, node="gpu-0")
+    run(op)
+    assert nodes.reads == 0  # 1000 live jobs and nothing queued: a pass is a scan of the jobs only
+    op.add_job("new", 1, 8)
+    op.add_pod("new", 0)
+    run(op)
+    assert nodes.reads == 1 and [name for _, name, _ in op.kube.ungated] == ["new-worker-0"]
+
+
+def test_node_events_wake_the_admitter_only_when_admission_inputs_change() -> None:
+    a = Admitter(FakeOperator([]))  # type: ignore[arg-type]
+    a.node_changed("gpu-0", gpu_node("gpu-0"))
+    assert a._wake.is_set()  # a new node
+    a._wake.clear()
+    a.node_changed("gpu-0", gpu_node("gpu-0"))
+    assert not a._wake.is_set()  # a heartbeat: nothing admission reads changed
+    a.node_changed("gpu-0", gpu_node("gpu-0", ready=False))
+    assert a._wake.is_set()
+    a._wake.clear()
+    a.node_changed("gpu-0", None)
+    assert a._wake.is_set()  # deleted
+
+
 def test_prefer_node_patch_paths() -> None:
     assert prefer_node({}, "n")[0]["path"] == "/spec/affinity"
     assert prefer_node({"podAffinity": {}}, "n")[0]["path"] == "/spec/affinity/nodeAffinity"

@@ -57,6 +57,19 @@ def test_unchanged_world_writes_no_status() -> None:
     assert not again.status_changed and not again.events and not again.create and not again.delete_pods
 
 
+def test_pods_coming_up_one_by_one_are_progress_only_until_the_gang_runs() -> None:
+    pods = [pod(i, replicas=4, phase="Pending") for i in range(4)]
+    first = reconcile(job(spec(replicas=4), TrainingJobStatus(attempt=1)), pods, True, T0)
+    assert first.status_changed and not first.progress_only  # Admitted and Running conditions appear
+    pods[0] = pod(0, replicas=4)
+    one_up = reconcile(job(spec(replicas=4), first.status), pods, True, T0 + timedelta(seconds=1))
+    assert one_up.status_changed and one_up.progress_only and not one_up.events
+    assert one_up.status.replicas.ready == 1
+    all_up = [pod(i, replicas=4) for i in range(4)]
+    running = reconcile(job(spec(replicas=4), one_up.status), all_up, True, T0 + timedelta(seconds=2))
+    assert running.status_changed and not running.progress_only  # Running turned True: written at once
+
+
 def test_retryable_exit_restarts_whole_gang_as_new_attempt() -> None:
     pods = [pod(0), pod(1, phase="Failed", exit_code=137, reason="OOMKilled")]
     plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)

@@ -75,6 +75,7 @@ class Admitter:
         self._lifted: dict[JobKey, tuple[int, float]] = {}  # job -> (attempt, when) we lifted its gates
         self._jobs: dict[JobKey, _Cached] = {}
         self._wake = asyncio.Event()
+        self._nodes: dict[str, adm.NodeView] = {}  # what admission last read of each node, to skip no-op events
 
     def wake(self) -> None:
         self._wake.set()
@@ -119,11 +120,21 @@ class Admitter:
         self._jobs[key] = entry
         return entry
 
+    def node_changed(self, name: str, view: adm.NodeView | None) -> None:
+        """A node event: wake only when what admission reads of the node changed (kubelets, and kwok,
+        update every node's heartbeat every few seconds; 1000 nodes make that ~4 events/s)."""
+        if view is None:
+            changed = self._nodes.pop(name, None) is not None
+        else:
+            changed = self._nodes.get(name) != view
+            self._nodes[name] = view
+        if changed:
+            self.wake()
+
     async def admit_once(self) -> adm.Decision:
-        """One decision over the caches: O(nodes + accelerator pods bound + jobs + pods of waiting jobs)."""
+        """One decision over the caches: O(jobs) to find the gangs that wait; only when some do, also
+        O(nodes + accelerator pods bound + pods of waiting jobs)."""
         indices = self.op.indices
-        nodes = [v for store in indices["node_index"].values() for v in store]
-        usage = [u for store in indices["usage_index"].values() for u in store]
         queue: list[adm.GangDemand] = []
         admitted: list[adm.GangDemand] = []
         gated_pods: dict[JobKey, list[PodView]] = {}  # pods still gated, in index order
@@ -175,6 +186,10 @@ class Admitter:
         for key in [k for k in self._lifted if k not in seen]:
             del self._lifted[key]
 
+        if not queue and not admitted and not unfinished:
+            return adm.Decision()  # nothing gated or binding: no need to read 1000 nodes and their pods
+        nodes = [v for store in indices["node_index"].values() for v in store]
+        usage = [u for store in indices["usage_index"].values() for u in store]
         started = time.perf_counter()
         decision = adm.decide(nodes, usage, admitted, queue)
         took = (time.perf_counter() - started) * 1000

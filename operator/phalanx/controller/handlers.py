@@ -117,7 +117,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
         op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
 
     @kopf.on.event("nodes", registry=registry)
-    def node_event(**_: Any) -> None:
-        op.admitter.wake()
+    def node_event(body: kopf.Body, **kw: Any) -> None:
+        op.admitter.node_changed(kw["name"], None if kw["type"] == "DELETED" else caches.node_entry(body))
 
     return registry

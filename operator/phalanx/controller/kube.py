@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from phalanx.api.models import GROUP, PLURAL, VERSION
 
 T = TypeVar("T")
+EVENT_CONCURRENCY = 2
 
 
 class Conflict(Exception):
@@ -38,15 +39,17 @@ class Kube:
             # Read KUBECONFIG now: the client library only reads it once, at import.
             kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         cfg = kubernetes.client.Configuration.get_default_copy()
-        cfg.connection_pool_maxsize = concurrency
+        cfg.connection_pool_maxsize = concurrency + EVENT_CONCURRENCY
         self.api = kubernetes.client.ApiClient(cfg)
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
+        # Events get slots of their own: best-effort writes never delay pod creates or status writes.
+        self._events = ThreadPoolExecutor(max_workers=EVENT_CONCURRENCY, thread_name_prefix="kube-events")
 
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(pool or self._pool, functools.partial(fn, *args, **kwargs))
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create a Pod, Service or PVC; False when it already exists (creation is idempotent)."""
@@ -124,7 +127,7 @@ class Kube:
             "reportingComponent": "phalanx.dev/operator",
         }
         try:
-            await self._run(self.core.create_namespaced_event, meta["namespace"], event)
+            await self._run(self.core.create_namespaced_event, meta["namespace"], event, pool=self._events)
         except ApiException as exc:  # events are best effort; never fail a reconcile for one
             logging.getLogger("phalanx").debug("event not posted: %s", api_error_message(exc))
 
@@ -145,6 +148,7 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._events.shutdown(wait=False, cancel_futures=True)
         self.api.close()
 
 

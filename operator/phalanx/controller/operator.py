@@ -25,6 +25,11 @@ from phalanx.core.reconcile import reconcile
 
 log = logging.getLogger("phalanx")
 
+# A status write that only moves counts ("5/8 pods running") waits until this long after the job's
+# last write; the next reconcile then writes the newest counts. A gang of n pods coming up would
+# otherwise cost n writes (each one also a watch event and a reconcile), all competing with pod creates.
+PROGRESS_WRITE_SECONDS = 1.0
+
 
 def _rv(value: str | None) -> int:
     try:
@@ -43,6 +48,8 @@ class Operator:
         # The newest status resourceVersion this process wrote per job: a cached job older than it is
         # stale (our own write has not come back through the watch yet) and must not be acted on.
         self._written: dict[JobKey, int] = {}
+        self._wrote_at: dict[JobKey, float] = {}  # monotonic time of our last status write per job
+        self._posting: set[asyncio.Task[None]] = set()  # Events being posted in the background
         self.admitter = Admitter(self)
         self._refusals: dict[JobKey, str] = {}  # the last refused-create message per job, posted once
         # Trainer telemetry; settings are validated here so a misconfiguration stops the operator at once.
@@ -140,7 +147,10 @@ class Operator:
     async def _apply(self, key: JobKey, job: JobView, body: Mapping[str, Any], plan: Plan) -> None:
         assert self.kube is not None
         ns, name = key
-        if plan.status_changed:
+        since = time.monotonic() - self._wrote_at.get(key, 0.0)
+        if plan.status_changed and plan.progress_only and since < PROGRESS_WRITE_SECONDS:
+            self.queue.add_after(key, PROGRESS_WRITE_SECONDS - since)
+        elif plan.status_changed:
             status = plan.status.model_dump(by_alias=True, mode="json")
             try:
                 rv = await self.kube.patch_job_status(ns, name, status, body["metadata"]["resourceVersion"])
@@ -148,10 +158,12 @@ class Operator:
                 self.queue.add_after(key, 0.2)
                 return  # the plan was made from a stale job; redo it from the fresh one
             self._written[key] = _rv(rv)
+            self._wrote_at[key] = time.monotonic()
             metrics.observe_transition(job, plan.status)
         ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body["metadata"]}
         # Events only after the status write succeeded, so they never announce what did not happen.
-        await asyncio.gather(*(self.kube.post_event(ref, e.type, e.reason, e.message) for e in plan.events))
+        for e in plan.events:
+            self._post(ref, e.type, e.reason, e.message)
         if plan.delete_pods:
             await asyncio.gather(*(self.kube.delete_pod(ns, p) for p in plan.delete_pods))
         if plan.create:
@@ -162,22 +174,31 @@ class Operator:
                 message = f"the apiserver refused {len(refused)} object(s): {api_error_message(refused[0])}"
                 if self._refusals.get(key) != message:
                     self._refusals[key] = message
-                    await self.kube.post_event(ref, "Warning", "FailedCreate", message)
+                    self._post(ref, "Warning", "FailedCreate", message)
                 raise refused[0]
             self._refusals.pop(key, None)
             made = sum(1 for m, ok in zip(plan.create, results, strict=True) if ok is True and m["kind"] == "Pod")
             metrics.PODS_CREATED.inc(made)
             if made:  # only what really was created: with a lagging cache a create can return AlreadyExists
                 message = f"created {made} pod(s) of attempt {plan.status.attempt}"
-                await self.kube.post_event(ref, "Normal", "CreatedPods", message)
+                self._post(ref, "Normal", "CreatedPods", message)
         if plan.delete_job:
             await self.kube.delete_job(ns, name)
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
 
+    def _post(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event without waiting for it: Events are best effort and have their own API slots,
+        so a reconcile never waits on one and pod creates never queue behind them."""
+        assert self.kube is not None
+        task = asyncio.create_task(self.kube.post_event(ref, type_, reason, message))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
     def _forget(self, key: JobKey) -> None:
         self._refusals.pop(key, None)
         self._written.pop(key, None)
+        self._wrote_at.pop(key, None)
         self.admitter.forget(key)
 
 

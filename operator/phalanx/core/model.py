@@ -64,6 +64,9 @@ class Plan:
 
     status: TrainingJobStatus
     status_changed: bool = False
+    # Only counts and condition messages moved ("3/8 pods running"): the kopf layer may batch such
+    # writes; anything else (attempt, a condition's status or reason, times) is written at once.
+    progress_only: bool = False
     create: list[Manifest] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     delete_job: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec, TrainingJobStatus
 from phalanx.core import conditions as cond
@@ -74,7 +75,16 @@ class _Step:
         self.plan.status_changed = changed
         if changed:
             self.plan.events = cond.transition_events(self.job.status, s) + self.plan.events
+            self.plan.progress_only = _without_progress(s) == _without_progress(self.job.status)
         return self.plan
+
+
+def _without_progress(status: TrainingJobStatus) -> dict[str, Any]:
+    """The status less what changes with every pod that starts: replica counts and condition messages."""
+    dump = status.model_dump(exclude={"replicas", "ready_summary"})
+    for c in dump["conditions"]:
+        c.pop("message")
+    return dump
 
 
 def state_of(status: TrainingJobStatus) -> str:
