@@ -22,9 +22,9 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from phalanx.api.models import GROUP, PLURAL, VERSION
+from phalanx.controller.slots import CREATE, EVENT, UNGATE, WRITE, PrioritySlots
 
 T = TypeVar("T")
-EVENT_CONCURRENCY = 2
 
 
 class Conflict(Exception):
@@ -39,17 +39,17 @@ class Kube:
             # Read KUBECONFIG now: the client library only reads it once, at import.
             kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         cfg = kubernetes.client.Configuration.get_default_copy()
-        cfg.connection_pool_maxsize = concurrency + EVENT_CONCURRENCY
+        cfg.connection_pool_maxsize = concurrency
         self.api = kubernetes.client.ApiClient(cfg)
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
-        # Events get slots of their own: best-effort writes never delay pod creates or status writes.
-        self._events = ThreadPoolExecutor(max_workers=EVENT_CONCURRENCY, thread_name_prefix="kube-events")
+        self._slots = PrioritySlots(concurrency)
 
-    async def _run(self, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None, **kwargs: Any) -> T:
+    async def _run(self, priority: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool or self._pool, functools.partial(fn, *args, **kwargs))
+        async with self._slots.slot(priority):  # so the pool's threads are free whenever a slot is
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create a Pod, Service or PVC; False when it already exists (creation is idempotent)."""
@@ -60,7 +60,7 @@ class Kube:
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
         }[kind]
         try:
-            await self._run(fn, ns, manifest)
+            await self._run(CREATE, fn, ns, manifest)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -70,7 +70,7 @@ class Kube:
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Graceful: the pod's own terminationGracePeriodSeconds lets the trainer checkpoint."""
         try:
-            await self._run(self.core.delete_namespaced_pod, name, namespace)
+            await self._run(WRITE, self.core.delete_namespaced_pod, name, namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -82,7 +82,7 @@ class Kube:
         patch: list[dict[str, Any]] = [{"op": "remove", "path": "/spec/schedulingGates"}]
         for ops in ([*patch, *also], patch) if also else (patch,):
             try:
-                await self._run(self.core.patch_namespaced_pod, name, namespace, ops)
+                await self._run(UNGATE, self.core.patch_namespaced_pod, name, namespace, ops)
                 return
             except ApiException as exc:
                 # 404: gone; 422: no gates left to remove (already admitted), or `also` refused.
@@ -96,7 +96,7 @@ class Kube:
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
             result = await self._run(
-                self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body
+                WRITE, self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -127,13 +127,14 @@ class Kube:
             "reportingComponent": "phalanx.dev/operator",
         }
         try:
-            await self._run(self.core.create_namespaced_event, meta["namespace"], event, pool=self._events)
+            await self._run(EVENT, self.core.create_namespaced_event, meta["namespace"], event)
         except ApiException as exc:  # events are best effort; never fail a reconcile for one
             logging.getLogger("phalanx").debug("event not posted: %s", api_error_message(exc))
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:
             await self._run(
+                WRITE,
                 self.custom.delete_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -148,7 +149,6 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._events.shutdown(wait=False, cancel_futures=True)
         self.api.close()
 
 

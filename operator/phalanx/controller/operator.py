@@ -188,7 +188,7 @@ class Operator:
             self.queue.add_after(key, plan.requeue_after)
 
     def _post(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Post an Event without waiting for it: Events are best effort and have their own API slots,
+        """Post an Event without waiting for it: Events are best effort and go last in the API slots,
         so a reconcile never waits on one and pod creates never queue behind them."""
         assert self.kube is not None
         task = asyncio.create_task(self.kube.post_event(ref, type_, reason, message))
