@@ -75,6 +75,7 @@ class Admitter:
         self._lifted: dict[JobKey, tuple[int, float]] = {}  # job -> (attempt, when) we lifted its gates
         self._jobs: dict[JobKey, _Cached] = {}
         self._wake = asyncio.Event()
+        self._computed = 0.0  # seconds the last pass computed (on the event loop), API calls aside
         self._nodes: dict[str, adm.NodeView] = {}  # what admission last read of each node, to skip no-op events
 
     def wake(self) -> None:
@@ -100,7 +101,10 @@ class Admitter:
                 waiting = any(not w.fatal for w in decision.waiting.values())
             except Exception as exc:
                 log.warning("gang admission failed: %s", api_error_message(exc))
-            await asyncio.sleep(0.05)  # coalesce bursts of pod and node events into one decision
+            # Coalesce bursts of pod and node events into one decision. A pass computes on the event
+            # loop: pausing at least as long as that took keeps admission under half of the loop in
+            # a burst, so the watches and the workers that create the next gangs are never starved.
+            await asyncio.sleep(max(0.05, self._computed))
             # Job, pod-of-ours and node events wake the loop; capacity freed by any other pod (or by
             # a gang ending) is only seen in the usage cache, so while gangs wait it is re-read
             # every second. A pass reads caches only, so this costs no API calls.
@@ -135,6 +139,7 @@ class Admitter:
         """One decision over the caches: O(jobs) to find the gangs that wait; only when some do, also
         O(nodes + accelerator pods bound + pods of waiting jobs)."""
         indices = self.op.indices
+        began = time.perf_counter()
         queue: list[adm.GangDemand] = []
         admitted: list[adm.GangDemand] = []
         gated_pods: dict[JobKey, list[PodView]] = {}  # pods still gated, in index order
@@ -187,6 +192,7 @@ class Admitter:
             del self._lifted[key]
 
         if not queue and not admitted and not unfinished:
+            self._computed = time.perf_counter() - began
             return adm.Decision()  # nothing gated or binding: no need to read 1000 nodes and their pods
         nodes = [v for store in indices["node_index"].values() for v in store]
         usage = [u for store in indices["usage_index"].values() for u in store]
@@ -212,6 +218,7 @@ class Admitter:
         lifts += [
             self._lift(key, gated_pods[key], to_place.get(key, []), decision.placements.get(key)) for key in unfinished
         ]
+        self._computed = time.perf_counter() - began
         await asyncio.gather(*lifts)
         for key in decision.admit:
             self.op.enqueue(key)

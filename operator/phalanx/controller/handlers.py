@@ -57,51 +57,54 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     async def cleanup(**_: Any) -> None:
         await op.stop()
 
+    # Every index and event handler is `async def`: kopf runs sync handlers in a thread pool, and
+    # these only compute small views and touch the work queue and the admitter, which live on the
+    # event loop and are not thread-safe (asyncio.Event.set() from a thread fails under load).
     # --- caches -----------------------------------------------------------------------------------
     @kopf.index(*JOBS_RESOURCE, registry=registry, id="job_index")
-    def job_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    async def job_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         snapshot = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
         return {(kw["namespace"], kw["name"]): snapshot}
 
     @kopf.index("pods", labels=MANAGED, registry=registry, id="pod_index")
-    def pod_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    async def pod_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {caches.job_key_of_pod(kw["labels"], kw["namespace"]): caches.pod_entry(body)}
 
     @kopf.index("services", labels=MANAGED, registry=registry, id="service_index")
-    def service_index(**kw: Any) -> dict[Any, Any]:
+    async def service_index(**kw: Any) -> dict[Any, Any]:
         return {caches.job_key_of_pod(kw["labels"], kw["namespace"]): True}
 
     @kopf.index("nodes", registry=registry, id="node_index")
-    def node_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    async def node_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {kw["name"]: caches.node_entry(body)}
 
     @kopf.index(
         "pods", registry=registry, id="usage_index", when=lambda body, **_: caches.usage_entry(body) is not None
     )
-    def usage_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    async def usage_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {(kw["namespace"], kw["name"]): caches.usage_entry(body)}
 
     @kopf.index("persistentvolumeclaims", registry=registry, id="claim_index")
-    def claim_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    async def claim_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {(kw["namespace"], kw["name"]): caches.claim_entry(body)}
 
     @kopf.on.event("persistentvolumeclaims", registry=registry)
-    def claim_event(**kw: Any) -> None:
+    async def claim_event(**kw: Any) -> None:
         op.claim_changed(kw["namespace"], kw["name"])
 
     @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", registry=registry, id="priority_index")
-    def priority_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    async def priority_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {kw["name"]: int(body.get("value", 0))}
 
     # --- triggers ---------------------------------------------------------------------------------
     @kopf.on.event(*JOBS_RESOURCE, registry=registry)
-    def job_event(**kw: Any) -> None:
+    async def job_event(**kw: Any) -> None:
         op.enqueue((kw["namespace"], kw["name"]))
         if kw["type"] == "DELETED":
             op.admitter.wake()
 
     @kopf.on.event("pods", labels=MANAGED, registry=registry)
-    def pod_event(**kw: Any) -> None:
+    async def pod_event(**kw: Any) -> None:
         op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
 
     def frees_accelerators(body: kopf.Body, type: str | None, **_: Any) -> bool:
@@ -109,15 +112,15 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
         return ended and bool(caches.accelerator_requests(body.get("spec") or {}))
 
     @kopf.on.event("pods", registry=registry, when=frees_accelerators)
-    def accelerator_pod_ended(**_: Any) -> None:
+    async def accelerator_pod_ended(**_: Any) -> None:
         op.admitter.wake()  # its GPUs/TPUs are free: a waiting gang may fit now
 
     @kopf.on.event("services", labels=MANAGED, registry=registry)
-    def service_event(**kw: Any) -> None:
+    async def service_event(**kw: Any) -> None:
         op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
 
     @kopf.on.event("nodes", registry=registry)
-    def node_event(body: kopf.Body, **kw: Any) -> None:
+    async def node_event(body: kopf.Body, **kw: Any) -> None:
         op.admitter.node_changed(kw["name"], None if kw["type"] == "DELETED" else caches.node_entry(body))
 
     return registry
