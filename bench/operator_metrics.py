@@ -32,6 +32,9 @@ from typing import Any
 
 import bench  # noqa: F401  (puts operator/ and dev/ on sys.path)
 from bench import REPO, kube, procstat
+from bench.workloads import pytorch_training_job
+from localcluster import process
+from localcluster.testing import wait_for
 
 NAMESPACE = "bench-metrics"
 SERVER = r"""
@@ -84,23 +87,18 @@ def pod_ip(job: int, worker: int, workers: int) -> str:
 
 
 def job_body(name: str, workers: int, port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "phalanx.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "framework": "pytorch",
-            "replicas": workers,
-            "metrics": {"port": port},
-            "scheduling": {"gang": False},  # setup speed: admission is not what is measured here
-            "template": {
-                "spec": {
-                    "containers": [{"name": "trainer", "image": "trainer:bench", "command": ["python", "-m", "x"]}],
-                    "tolerations": [{"operator": "Exists"}],
-                }
-            },
+    return pytorch_training_job(
+        name,
+        workers,
+        metrics={"port": port},
+        scheduling={"gang": False},  # setup speed: admission is not what is measured here
+        template={
+            "spec": {
+                "containers": [{"name": "trainer", "image": "trainer:bench", "command": ["python", "-m", "x"]}],
+                "tolerations": [{"operator": "Exists"}],
+            }
         },
-    }
+    )
 
 
 def operator_metrics(port: int) -> dict[str, float]:
@@ -136,22 +134,8 @@ class OperatorProcess:
         return operator_metrics(self.port)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        process.end(self.proc)
         self.log.close()
-
-
-def wait(predicate: Any, timeout: float, what: str, every: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def settle(op: OperatorProcess, jobs: int, quiet: float = 15.0, timeout: float = 600.0) -> float:
@@ -159,7 +143,7 @@ def settle(op: OperatorProcess, jobs: int, quiet: float = 15.0, timeout: float =
     first, so this can take a while), then fewer than 3 reconciles in `quiet` seconds."""
     started = time.monotonic()
     count = "phalanx_operator_reconcile_duration_seconds_count"
-    wait(lambda: op.metrics().get(count, 0.0) >= jobs, timeout, f"{jobs} start-up reconciles")
+    wait_for(lambda: op.metrics().get(count, 0.0) >= jobs, timeout, 2.0, f"{jobs} start-up reconciles")
     while time.monotonic() - started < timeout:
         before = op.metrics().get("phalanx_operator_reconcile_duration_seconds_count", 0.0)
         time.sleep(quiet)
@@ -246,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             return [p for p in pods if p.status.phase == "Running"]
 
         total = args.jobs * args.workers
-        wait(lambda: len(running_pods()) >= total, 1800, f"{total} running pods")
+        wait_for(lambda: len(running_pods()) >= total, 1800, 2.0, f"{total} running pods")
         print(
             f"{total} pods running after {time.monotonic() - t0:.0f}s; pointing them at the fake trainers", flush=True
         )
@@ -267,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             items = custom.list_namespaced_custom_object(*kube.TJ[:2], NAMESPACE, kube.TJ[2])["items"]
             return sum((j.get("status") or {}).get("state") == "Running" for j in items) >= args.jobs
 
-        wait(all_running, 600, f"{args.jobs} Running jobs")
+        wait_for(all_running, 600, 2.0, f"{args.jobs} Running jobs")
         creator.stop()
         operators.remove(creator)
 
@@ -281,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("off", "scrape"):
             op = OperatorProcess(kubeconfig, tmp / f"operator-{mode}.log", mode)
             operators.append(op)
-            wait(lambda op=op: _reachable(op), 120, "operator metrics endpoint", every=1)
+            wait_for(lambda op=op: _reachable(op), 120, 1.0, "operator metrics endpoint")
             if mode == "scrape":
 
                 def summarized() -> bool:
@@ -291,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     return len(done) >= args.jobs
 
-                wait(summarized, 300, "every job's throughput in status")
+                wait_for(summarized, 300, 2.0, "every job's throughput in status")
                 items = custom.list_namespaced_custom_object(*kube.TJ[:2], NAMESPACE, kube.TJ[2])["items"]
                 results["example_status_throughput"] = items[0]["status"]["throughput"]
             print(f"measuring the operator with PHALANX_TELEMETRY={mode} for {args.seconds:.0f}s", flush=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 import bench  # noqa: F401  (puts operator/ and dev/ on sys.path)
 from bench import REPO
+from bench.workloads import pytorch_training_job
 from phalanx.controller.admitter import Admitter
 from phalanx.core import names
 from phalanx.core.admission import GPU, PRODUCT_LABEL, GangDemand, NodeView, Usage, decide
@@ -170,17 +171,12 @@ def memory(repeats: int, n_nodes: int) -> dict[str, Any]:
 
 
 def tj(name: str, replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "phalanx.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "framework": "pytorch",
-            "replicas": replicas,
-            "resources": {"gpus": 8},
-            "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:bench"}]}},
-        },
-    }
+    return pytorch_training_job(
+        name,
+        replicas,
+        resources={"gpus": 8},
+        template={"spec": {"containers": [{"name": "trainer", "image": "trainer:bench"}]}},
+    )
 
 
 class Live:

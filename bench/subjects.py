@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from bench import REPO, kube, kubeflow, procstat
 from bench.workloads import KUBEFLOW_JOB_LABEL, JobSpec
+from localcluster import process
 from phalanx.core import names
 
 
@@ -145,13 +146,8 @@ class Subject:
         if self.client:
             self.client.close()
             self.client = None
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc:
+            process.end(self.proc)
         self.proc = None
 
     @property

@@ -7,7 +7,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from phalanx.api.models import TrainingJobSpec
+from phalanx.api.models import API_VERSION, KIND, TrainingJobSpec
 from phalanx.core import names
 from phalanx.core.gang import Gang
 from phalanx.core.pods import build_pod, build_service
@@ -36,23 +36,30 @@ class JobSpec:
         return JobSpec(d["name"], int(d["workers"]), dict(d.get("annotations") or {}), bool(d.get("restart")))
 
 
+def pytorch_training_job(name: str, replicas: int, **spec: Any) -> dict[str, Any]:
+    """A PyTorch TrainingJob manifest; `spec` adds to (or replaces) framework and replicas."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": {"framework": "pytorch", "replicas": replicas, **spec},
+    }
+
+
 def training_job(ns: str, job: JobSpec) -> dict[str, Any]:
     """The TrainingJob a user submits (phalanx and the limit baseline)."""
-    return {
-        "apiVersion": "phalanx.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": job.name, "namespace": ns},
-        "spec": {
-            "framework": "pytorch",
-            "replicas": job.workers,
-            "resources": {"gpus": GPUS_PER_WORKER},
-            "runPolicy": {"backoffLimit": 3},
-            "template": {
-                "metadata": {"annotations": dict(job.annotations)},
-                "spec": {"containers": [{"name": names.TRAINER_CONTAINER, "image": IMAGE, "command": COMMAND}]},
-            },
+    body = pytorch_training_job(
+        job.name,
+        job.workers,
+        resources={"gpus": GPUS_PER_WORKER},
+        runPolicy={"backoffLimit": 3},
+        template={
+            "metadata": {"annotations": dict(job.annotations)},
+            "spec": {"containers": [{"name": names.TRAINER_CONTAINER, "image": IMAGE, "command": COMMAND}]},
         },
-    }
+    )
+    body["metadata"]["namespace"] = ns
+    return body
 
 
 def gang_of(body: dict[str, Any], attempt: int = 1) -> Gang:

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 import localcluster
-from localcluster import binaries
+from localcluster import binaries, process
 from procnode.testing import NODE_SELECTOR, TOLERATION, NodeProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,12 +165,8 @@ class Demo:
     def stop(self) -> None:
         if self.node is not None:
             self.node.stop()
-        if self.operator is not None and self.operator.poll() is None:
-            self.operator.terminate()
-            try:
-                self.operator.wait(15)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
+        if self.operator is not None:
+            process.end(self.operator, grace=15)
         if self.cluster_up:
             localcluster.down(self.state / "cluster", log=lambda line: None)
         self.say("stopped the process node, the operator and the control plane")

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 # Resolved now, in the parent: the child between fork and exec must not dlopen (a lock another thread
@@ -90,6 +91,18 @@ def stop(pid: int, exe: str, timeout: float = 10.0) -> bool:
             deadline = time.monotonic() + 5
         time.sleep(0.05)
     return True
+
+
+def end(proc: subprocess.Popen[Any], grace: float = 20.0) -> None:
+    """SIGTERM a child we started, SIGKILL it if it is still there after `grace` seconds; reaps it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def cmdline_mentions(text: str) -> list[int]:

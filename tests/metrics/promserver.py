@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster import process
+
 INSTALL_HINT = (
     "install it: `apt-get install -y prometheus` (Debian/Ubuntu: /usr/bin/prometheus and /usr/bin/promtool), "
     "or put prometheus and promtool binaries in ~/.cache/phalanx/bin, or name them with $PHALANX_PROMETHEUS "
@@ -112,10 +114,4 @@ class Prometheus:
         return {t["scrapeUrl"]: t["health"] for t in self.api("targets")["activeTargets"]}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.end(self.proc)

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from localcluster import process
+
 REPO = Path(__file__).resolve().parents[2]
 # kwok gives simulated pods made-up private addresses: every operator the tests start (in process or as a
 # subprocess, which inherits this) may contact trainer pods only on this machine.
@@ -82,12 +84,7 @@ class OperatorProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        process.end(self.proc, grace=15)
         self._log.close()
 
 
