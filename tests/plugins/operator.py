@@ -181,9 +181,19 @@ class JobClient:
                 return pods
             time.sleep(0.25)
         raise AssertionError(
-            f"timed out after {timeout}s waiting for {what} of {self.ns}/{name}: "
-            f"{[(p.metadata.name, p.status.phase) for p in pods]}"
+            f"timed out after {timeout}s waiting for {what} of {self.ns}/{name}: {[_pod_summary(p) for p in pods]}"
         )
+
+
+def _pod_summary(pod: client.V1Pod) -> tuple[str, str, str, bool]:
+    """Name, phase, attempt label and whether it is being deleted: what a failed wait needs to show."""
+    labels = pod.metadata.labels or {}
+    return (
+        pod.metadata.name,
+        pod.status.phase,
+        labels.get("phalanx.dev/attempt", "-"),
+        bool(pod.metadata.deletion_timestamp),
+    )
 
 
 @pytest.fixture
