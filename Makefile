@@ -8,12 +8,13 @@ PROFILE ?= default
 export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
-.PHONY: help deps binaries cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
+.PHONY: help deps binaries images cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
 
 help:
 	@echo "make demo            run the main example job on a local cluster, end to end"
 	@echo "make test            verify generated files, lint, type-check and run every test"
 	@echo "make cluster         start the local control plane (PROFILE=default|scale); make cluster-down stops it"
+	@echo "make images          build the operator and trainer images here (ACCELERATOR=cpu|cuda; cached)"
 	@echo "make generate        regenerate the CRD, chart copies, values schema, dashboards and API docs"
 	@echo "make bench           run the benchmarks (results in bench-results/)"
 
@@ -22,6 +23,10 @@ deps:  ## Python packages for the operator, the trainers and the tests
 
 binaries:  ## etcd, kube-*, kubectl, kwok, helm built from the Go module proxy, cached in ~/.cache/phalanx
 	bash dev/build-binaries.sh
+
+ACCELERATOR ?= cpu
+images:  ## images/*/Dockerfile built with buildah on a Debian base made here; rebuilt only when inputs change
+	$(PYTHON) -m localcluster images --accelerator $(ACCELERATOR)
 
 cluster: binaries
 	$(PYTHON) -m localcluster up --profile $(PROFILE) $(if $(NODES),--nodes $(NODES))

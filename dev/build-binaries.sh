@@ -12,6 +12,7 @@ while IFS='=' read -r key value; do
 done < "$VERSIONS_FILE"
 : "${K8S_VERSION:?missing in $VERSIONS_FILE}" "${ETCD_VERSION:?missing in $VERSIONS_FILE}"
 : "${KWOK_VERSION:?missing in $VERSIONS_FILE}" "${HELM_VERSION:?missing in $VERSIONS_FILE}"
+: "${COREDNS_VERSION:?missing in $VERSIONS_FILE}" "${PAUSE_VERSION:?missing in $VERSIONS_FILE}"
 CACHE=${PHALANX_CACHE:-$HOME/.cache/phalanx}
 BIN="$CACHE/bin"
 WORK="$CACHE/build"
@@ -32,9 +33,13 @@ TAGS="selinux,notest,grpcnotrace"
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 have() { [ -x "$BIN/$1-$2" ]; }
 
+# The kubelet and kube-proxy run the real node (PROFILE=real); built with the control plane because
+# they share its module graph (~40 s more each).
+K8S_BINARIES="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
+
 build_kubernetes() {
   local v=$K8S_VERSION stage=${K8S_VERSION/v1./v0.} all=1
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do have "$b" "$v" || all=0; done
+  for b in $K8S_BINARIES; do have "$b" "$v" || all=0; done
   [ $all = 1 ] && { log "kubernetes $v cached"; return; }
   need_go
   local d="$WORK/kubernetes-$v"; mkdir -p "$d"; cd "$d"
@@ -54,12 +59,11 @@ build_kubernetes() {
     ld="$ld -X $p.gitVersion=$v -X $p.gitMajor=$maj -X $p.gitMinor=$min -X $p.gitTreeState=clean -X $p.buildDate=2026-01-01T00:00:00Z"
   done
   mkdir -p out
-  log "kubernetes $v: compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (cold: 20-40 min on 2 cores)"
-  go build -v -tags "$TAGS" -trimpath -ldflags "$ld" -o out/ \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl 2>&1 \
+  log "kubernetes $v: compiling $K8S_BINARIES (cold: 20-40 min on 2 cores)"
+  local b pkgs=(); for b in $K8S_BINARIES; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  go build -v -tags "$TAGS" -trimpath -ldflags "$ld" -o out/ "${pkgs[@]}" 2>&1 \
     | awk '{n++; if (n % 200 == 0) printf "[build] kubernetes: %d packages compiled (last: %s)\n", n, $0; fflush()}'
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do mv "out/$b" "$BIN/$b-$v"; done
+  for b in $K8S_BINARIES; do mv "out/$b" "$BIN/$b-$v"; done
   log "kubernetes $v: done"
 }
 
@@ -102,10 +106,89 @@ build_go_install() { # name module/cmd version ldflags
   log "$1 $3: done"
 }
 
+# CoreDNS for the real node's cluster DNS, with only the plugins its Corefile uses: without `forward`
+# it has no way to send a query upstream.
+build_coredns() {
+  local v=$COREDNS_VERSION
+  have coredns "$v" && { log "coredns $v cached"; return; }
+  need_go
+  local d="$WORK/coredns-$v"; mkdir -p "$d"; cd "$d"
+  log "coredns $v: building (bind, health, errors, cache, template, kubernetes)"
+  cat > go.mod <<MOD
+module phalanx.local/corednsbuild
+
+go 1.24
+
+require github.com/coredns/coredns $v
+MOD
+  cat > main.go <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/template"
+)
+
+// The order CoreDNS's plugin.cfg gives these plugins.
+func init() {
+	dnsserver.Directives = []string{"bind", "health", "errors", "cache", "template", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+  go mod tidy >/dev/null 2>&1
+  go build -trimpath -ldflags "-s -w" -o "$BIN/coredns-$v" .
+  log "coredns $v: done"
+}
+
+# The pod sandbox's pause process: sleeps, reaps orphans, exits on SIGTERM/SIGINT. No registry to
+# pull registry.k8s.io/pause from, so it is built here and made into an image by localcluster.
+build_pause() {
+  local v=$PAUSE_VERSION
+  have pause "$v" && { log "pause $v cached"; return; }
+  need_go
+  local d="$WORK/pause-$v"; mkdir -p "$d"; cd "$d"
+  printf 'module phalanx.local/pause\n\ngo 1.24\n' > go.mod
+  cat > main.go <<'GO'
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range sigs {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var st syscall.WaitStatus
+			if pid, _ := syscall.Wait4(-1, &st, syscall.WNOHANG, nil); pid <= 0 {
+				break
+			}
+		}
+	}
+}
+GO
+  go build -trimpath -ldflags "-s -w" -o "$BIN/pause-$v" .
+  log "pause $v: done"
+}
+
 start=$(date +%s)
 only=${1:-all}
-case $only in all|etcd|kwok|helm|kubernetes) ;;
-  *) echo "error: unknown target '$only'; use one of: all etcd kwok helm kubernetes" >&2; exit 2 ;;
+case $only in all|etcd|kwok|helm|kubernetes|coredns|pause) ;;
+  *) echo "error: unknown target '$only'; use one of: all etcd kwok helm kubernetes coredns pause" >&2; exit 2 ;;
 esac
 [[ $only == all || $only == etcd ]] && build_etcd
 [[ $only == all || $only == kwok ]] && build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" \
@@ -113,4 +196,6 @@ esac
 [[ $only == all || $only == helm ]] && build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 [[ $only == all || $only == kubernetes ]] && build_kubernetes
+[[ $only == all || $only == coredns ]] && build_coredns
+[[ $only == all || $only == pause ]] && build_pause
 log "all binaries in $BIN ($(( $(date +%s) - start )) s)"

@@ -1,4 +1,4 @@
-"""python -m localcluster up [--profile NAME] [--nodes N] [--dir DIR] | down [--dir DIR] | status [--dir DIR]"""
+"""python -m localcluster up [--profile NAME] [--nodes N] [--dir DIR] | down | status | images"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from localcluster import cluster
+from localcluster import cluster, images
 from localcluster.errors import ClusterError
 from localcluster.layout import DIR_ENV
 from localcluster.profiles import NODES_ENV, available_profiles
@@ -41,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     p_down.add_argument("--dir", type=Path, default=None, help=dir_help)
     p_status = sub.add_parser("status", help="show components, health and nodes; exit 1 unless usable")
     p_status.add_argument("--dir", type=Path, default=None, help=dir_help)
+    p_images = sub.add_parser("images", help="build images/*/Dockerfile here (cached by their inputs)")
+    p_images.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda"), help="trainer images' variant")
+    p_images.add_argument("--only", nargs="*", default=(), metavar="NAME", help="build only these images")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             info = cluster.up(args.profile, args.dir, nodes=args.nodes, log=_log)
             _log(info.usage())
+        elif args.command == "images":
+            images.require_tools()
+            images.build_all(_log, accelerator=args.accelerator, only=args.only)
         elif args.command == "down":
             cluster.down(args.dir, log=_log)
         else:

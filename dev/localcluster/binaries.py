@@ -24,6 +24,10 @@ VERSION_KEY: dict[str, str] = {
     "kubectl": "K8S_VERSION",
     "kwok": "KWOK_VERSION",
     "helm": "HELM_VERSION",
+    "kubelet": "K8S_VERSION",
+    "kube-proxy": "K8S_VERSION",
+    "coredns": "COREDNS_VERSION",
+    "pause": "PAUSE_VERSION",
 }
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 

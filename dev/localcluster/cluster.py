@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localcluster import binaries, components, health, nodes, process, stages
+from localcluster import binaries, components, health, images, nodes, process, realnode, stages
 from localcluster import pki as pkimod
 from localcluster.errors import ClusterError
 from localcluster.kubeapi import ApiError, KubeApi
@@ -79,7 +79,8 @@ def _info(layout: Layout, state: dict[str, Any], reused: bool) -> ClusterInfo:
 def _healthy(layout: Layout, state: dict[str, Any]) -> tuple[bool, list[str]]:
     """Whether the recorded cluster fully runs; and the names of components that do not."""
     procs = state.get("processes") or []
-    bad = [f"{p['name']} not running" for p in procs if not process.runs(p["pid"], p["exe"])]
+    node_procs = (state.get("real_node") or {}).get("processes") or []
+    bad = [f"{p['name']} not running" for p in [*procs, *node_procs] if not process.runs(p["pid"], p["exe"])]
     if state.get("phase") != "ready" or len(procs) != len(components.ORDER):
         return False, [*bad, "an earlier `up` never finished"]
     if not bad and not health.probe("kube-apiserver", state["ports"]["kube-apiserver"], pkimod.Pki(layout.pki)):
@@ -90,6 +91,10 @@ def _healthy(layout: Layout, state: dict[str, Any]) -> tuple[bool, list[str]]:
 def _stop_recorded(layout: Layout, state: dict[str, Any]) -> list[str]:
     """Stop the recorded processes, newest first, by pid; only those still running our binary."""
     stopped = []
+    node = state.get("real_node")
+    if node is not None:
+        realnode.teardown(layout, node.get("sysctls") or {}, log=lambda _: None, processes=node.get("processes"))
+        stopped += [p["name"] for p in node.get("processes") or []]
     for proc in reversed(state.get("processes") or []):
         if process.stop(proc["pid"], proc["exe"]):
             stopped.append(proc["name"])
@@ -115,6 +120,8 @@ def up(
     layout = _resolve(directory)
     prof = load_profile(profile, nodes)  # bad input fails before anything is touched
     bins = binaries.require()
+    if prof.real_nodes:
+        realnode.require_host()
     layout.claim()
     with layout.lock():
         state = layout.read_state()
@@ -247,6 +254,9 @@ class _Starter:
         }
         layout.write_state(self.state)
         try:
+            if self.prof.real_nodes:
+                # Before the apiserver: the bridge and the `kubernetes` Service rule name its port.
+                realnode.prepare(layout, ports["kube-apiserver"], self.state)
             self._spawn("etcd")
             self._wait_healthy("etcd")
             self._spawn("kube-apiserver")
@@ -259,6 +269,11 @@ class _Starter:
                 self._wait_healthy(name)
             self._wait_nodes(api, set(names))
             self._wait_default_sa(api)
+            if self.prof.real_nodes:
+                node_ports = dict(zip(realnode.PORT_NAMES, self.port_picker(len(realnode.PORT_NAMES)), strict=True))
+                node = realnode.RealNode(layout, pki, api, ports["kube-apiserver"], node_ports, self.state,
+                                         self.die_with_parent, self.log)  # fmt: skip
+                node.start(preload=[i.ref for i in images.images("cpu")] + [i.ref for i in images.images("cuda")])
         except BaseException:
             self._abort()
             raise

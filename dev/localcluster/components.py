@@ -130,6 +130,11 @@ def _apiserver(plan: Plan) -> list[str]:
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--endpoint-reconciler-type=none",  # no real endpoint for the `kubernetes` Service to point at
         "--profiling=false",
+        # logs/exec/port-forward on the real node (PROFILE=real): the kubelet checks this client cert.
+        f"--kubelet-client-certificate={p.crt('kubelet-client')}",
+        f"--kubelet-client-key={p.key('kubelet-client')}",
+        f"--kubelet-certificate-authority={p.ca_crt}",
+        "--kubelet-preferred-address-types=InternalIP",
     ]
 
 

@@ -23,7 +23,14 @@ CLIENTS: dict[str, str] = {
     "kube-controller-manager": "/CN=system:kube-controller-manager",
     "kube-scheduler": "/CN=system:kube-scheduler",
     "kwok": "/O=system:masters/CN=kwok-controller",
+    # The real node (PROFILE=real): the apiserver's client cert for kubelet logs/exec, CoreDNS (bound
+    # to a read-only ClusterRole), and the kubelet itself (the Node authorizer's identity).
+    "kubelet-client": "/O=system:masters/CN=kube-apiserver-kubelet-client",
+    "coredns": "/CN=phalanx-coredns",
+    "node": "/O=system:nodes/CN=system:node:phalanx-real-0",
 }
+# The real node's kubelet serves on the pod bridge's gateway address (realnode.GATEWAY).
+KUBELET_SANS = ("IP:10.244.0.1", "DNS:phalanx-real-0")
 APISERVER_SANS = (
     "IP:127.0.0.1",
     "IP:10.96.0.1",  # first address of --service-cluster-ip-range: in-cluster clients dial it
@@ -104,6 +111,10 @@ def create(directory: Path) -> Pki:
     _sign(
         pki, "apiserver", "/CN=kube-apiserver",
         usage + "extendedKeyUsage=serverAuth\nsubjectAltName=" + ",".join(APISERVER_SANS) + "\n",
+    )  # fmt: skip
+    _sign(
+        pki, "kubelet-serving", "/CN=phalanx-real-0",
+        usage + "extendedKeyUsage=serverAuth\nsubjectAltName=" + ",".join(KUBELET_SANS) + "\n",
     )  # fmt: skip
     for name, subject in CLIENTS.items():
         _sign(pki, name, subject, usage + "extendedKeyUsage=clientAuth\n")

@@ -29,7 +29,7 @@ POOL_LABEL = "sim.phalanx.dev/pool"
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 REQUIRED_CAPACITY = ("cpu", "memory", "pods")
 _POOL_KEYS = {"name", "count", "zones", "labels", "annotations", "taints", "capacity", "allocatable", "scalable"}
-_TOP_KEYS = {"description", "defaults", "pools"}
+_TOP_KEYS = {"description", "defaults", "pools", "realNodes"}
 _DEFAULT_KEYS = {"zones", "labels", "annotations", "capacity"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -68,6 +68,8 @@ class Profile:
     name: str
     description: str
     pools: tuple[NodePool, ...]
+    # Real nodes (containerd + kubelet, dev/localcluster/realnode.py) next to the simulated pools.
+    real_nodes: int = 0
 
     def node_names(self) -> list[str]:
         return [n for pool in self.pools for n in pool.node_names()]
@@ -121,7 +123,12 @@ def parse_profile(name: str, data: Any, nodes: int | None = None) -> Profile:
             raise ClusterError(f"{where} has no 'scalable: true' pool, so --nodes cannot resize it; drop --nodes")
         pools = [replace(p, count=nodes) if p.scalable else p for p in pools]
     description = data.get("description") or ""
-    return Profile(name=name, description=str(description).strip(), pools=tuple(pools))
+    real_nodes = _int(data.get("realNodes", 0), f"{where} realNodes")
+    if real_nodes not in (0, 1):
+        raise ClusterError(
+            f"{where}: realNodes must be 0 or 1 (a real node owns this machine's bridge and cgroups), got {real_nodes}"
+        )
+    return Profile(name=name, description=str(description).strip(), pools=tuple(pools), real_nodes=real_nodes)
 
 
 def _parse_pool(where: str, index: int, raw: Any, defaults: Mapping[str, Any]) -> NodePool:
