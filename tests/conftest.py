@@ -2,7 +2,8 @@
 
 Fixtures: cluster (session; a TestCluster), kubeconfig (Path), api_client (kubernetes ApiClient),
 core_v1 (CoreV1Api), namespace (function; a fresh namespace name) and kubectl (a localcluster.testing.Kubectl).
-The control plane starts once per run into a temp dir and stops at the end; set PHALANX_TEST_KUBECONFIG
+The control plane starts once per run into a temp dir and stops at the end, with the `real` profile (a
+real node, dev/localcluster/realnode.py) when a selected test is marked realnode; set PHALANX_TEST_KUBECONFIG
 to the kubeconfig of a running cluster (e.g. `make cluster`'s .cluster/kubeconfig) to reuse it instead.
 Missing binaries FAIL these tests (CI runs them always): run `make binaries`.
 """
@@ -51,8 +52,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+def session_profile(session: pytest.Session) -> str:
+    """The `real` profile (a real node next to the kwok ones) when a selected test is marked realnode."""
+    return "real" if any(item.get_closest_marker("realnode") for item in session.items) else "default"
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[TestCluster]:
     reuse = os.environ.get(REUSE_ENV)
     if reuse:
         path = Path(reuse)
@@ -62,7 +68,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
         return
     state_dir = tmp_path_factory.mktemp("cluster")
     try:
-        info = localcluster.up("default", state_dir, die_with_parent=True, log=log.info)
+        info = localcluster.up(session_profile(request.session), state_dir, die_with_parent=True, log=log.info)
     except localcluster.ClusterError as e:
         # Never skip: CI must run these tests, so a missing prerequisite is a failure with the fix.
         pytest.fail(f"local control plane did not start: {e}", pytrace=False)

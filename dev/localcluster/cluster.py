@@ -273,7 +273,8 @@ class _Starter:
                 node_ports = dict(zip(realnode.PORT_NAMES, self.port_picker(len(realnode.PORT_NAMES)), strict=True))
                 node = realnode.RealNode(layout, pki, api, ports["kube-apiserver"], node_ports, self.state,
                                          self.die_with_parent, self.log)  # fmt: skip
-                node.start(preload=[i.ref for i in images.images("cpu")] + [i.ref for i in images.images("cuda")])
+                cpu, cuda = ([i.ref for i in images.images(a)] for a in ("cpu", "cuda"))
+                node.start(preload=cpu, optional=cuda)
         except BaseException:
             self._abort()
             raise

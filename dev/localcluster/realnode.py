@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -417,7 +417,8 @@ class RealNode:
         self.paths = Paths.of(layout)
         self.popen: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, preload: list[str]) -> None:
+    def start(self, preload: list[str], optional: Sequence[str] = ()) -> None:
+        """preload: images to load (a missing one is reported); optional: loaded only if built."""
         t0 = time.monotonic()
         p = self.paths
         for d in (p.containerd_state, p.kubelet, p.pod_logs, p.cni / "net.d", p.config):
@@ -430,6 +431,8 @@ class RealNode:
         self._wait(lambda: ctr(p, "version", check=False).returncode == 0, "containerd", 30)
         _forget_old_containers(p)
         ensure_pause_image(self.log)
+        for ref in optional:
+            load_image(p, ref, self.log)
         for ref in [PAUSE_IMAGE, *preload]:
             if not load_image(p, ref, self.log):
                 self.log(f"  image {ref} is not built (make images): pods that use it will fail with ErrImagePull")

@@ -61,7 +61,9 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         terminating=bool(meta.get("deletionTimestamp")),
         exit_code=terminated.get("exitCode") if terminated else None,
         reason=reason,
-        message=(terminated or {}).get("message") or status.get("message"),
+        # A waiting container's message says why it cannot start (runAsNonRoot with a root image, a
+        # missing Secret, an image that cannot be pulled): the job's status quotes it.
+        message=(terminated or {}).get("message") or (waiting or {}).get("message") or status.get("message"),
         disrupted=disruption.get("status") == "True" or status.get("reason") == "Evicted",
         waiting_reason=(waiting or {}).get("reason"),
         unschedulable=unschedulable,

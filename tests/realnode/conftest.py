@@ -1,0 +1,146 @@
+"""Fixtures for tests in real containers on the real node (marker realnode; docs/e2e.md).
+
+The session cluster has the `real` profile when a realnode test is selected (tests/conftest.py): one
+node that runs containerd, runc and the kubelet on this machine, with the images of `make images`.
+
+- on_realnode(pod_spec): a pod spec (or a template's spec) that lands on the real node.
+- realnode (session): the node's paths (containerd socket) and helpers to SIGKILL a container.
+- phalanx_release (session): the chart installed with helm, the operator running in-cluster on the
+  real node with its ServiceAccount token; uninstalled at the end.
+- claim: a PVC bound to a hostPath PV of a fresh host dir that the images' user (65532) can write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from localcluster import images, realnode
+from localcluster.layout import Layout
+from localcluster.testing import Kubectl, create_namespace
+from tests.conftest import TestCluster
+from tests.e2e.conftest import make_claim
+from tests.helm.release import CHART, helm, values_file
+
+RELEASE, RELEASE_NAMESPACE = "phalanx", "phalanx-system"
+# The in-cluster operator watches only this namespace (chart scope=namespace): another operator a test
+# session starts for kwok jobs must never share a TrainingJob with it.
+JOBS_NAMESPACE = "phalanx-realnode"
+PYTORCH_IMAGE = images.images("cpu")[1].ref
+TENSORFLOW_IMAGE = images.images("cpu")[2].ref
+IMAGE_UID = 65532  # the images' numeric user (images/*/Dockerfile)
+
+
+def on_realnode(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    pod_spec.setdefault("nodeSelector", {})[realnode.NODE_LABEL] = realnode.NODE_LABEL_VALUE
+    toleration = {"key": realnode.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+    pod_spec.setdefault("tolerations", []).append(toleration)
+    return pod_spec
+
+
+@dataclass(frozen=True)
+class RealNode:
+    paths: realnode.Paths
+
+    def kill_container(self, pod: client.V1Pod, container: str = "trainer") -> None:
+        """SIGKILL the container's process from the host, as the kernel's OOM killer or a crash would."""
+        status = next(s for s in pod.status.container_statuses if s.name == container)
+        cid = status.container_id.removeprefix("containerd://")
+        realnode.ctr(self.paths, "tasks", "kill", "--signal", "SIGKILL", cid)
+
+
+@pytest.fixture(scope="session")
+def node(cluster: TestCluster) -> RealNode:
+    # A reused cluster (PHALANX_TEST_KUBECONFIG=.cluster/kubeconfig) is read from its state dir.
+    layout = Layout(cluster.info.dir if cluster.info else cluster.kubeconfig.parent)
+    if (layout.read_state() or {}).get("profile") != "real":
+        pytest.fail(f"realnode tests need a cluster with the `real` profile; {layout.dir} has none", pytrace=False)
+    return RealNode(realnode.Paths.of(layout))
+
+
+@pytest.fixture(scope="session")
+def phalanx_release(node: RealNode, kubeconfig: Path, kubectl: Kubectl, core_v1: client.CoreV1Api) -> Iterator[str]:
+    create_namespace(core_v1, RELEASE_NAMESPACE)
+    create_namespace(core_v1, JOBS_NAMESPACE)
+    values = {
+        "image": {"pullPolicy": "Never"},  # loaded into the node by localcluster; a pull could only fail
+        "scope": "namespace",
+        "watchNamespace": JOBS_NAMESPACE,
+        **on_realnode({}),
+    }
+    with values_file(values) as flags:
+        helm("install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, *flags, "--wait", "--timeout=240s",
+             kubeconfig=kubeconfig, timeout=300)  # fmt: skip
+    try:
+        yield RELEASE_NAMESPACE
+    finally:
+        helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", kubeconfig=kubeconfig, check=False)
+
+
+@pytest.fixture
+def claim(kubectl: Kubectl, tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """claim(name) -> host dir: a PVC in JOBS_NAMESPACE bound to a hostPath PV of a fresh dir."""
+    pvs: list[str] = []
+
+    def make(name: str) -> Path:
+        path = tmp_path / f"claim-{name}"
+        path.mkdir(parents=True)
+        for p in (path, *path.parents):  # the containers' user must reach and write the dir
+            if p == Path("/"):
+                break
+            p.chmod(p.stat().st_mode | 0o711)
+        path.chmod(0o777)
+        pvs.append(make_claim(kubectl, JOBS_NAMESPACE, name, path))
+        return path
+
+    yield make
+    for pv in pvs:
+        kubectl(
+            "delete", "pvc", "-n", JOBS_NAMESPACE, pv.removeprefix(f"{JOBS_NAMESPACE}-"), "--wait=false", check=False
+        )
+        kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
+def pod_logs(kubectl: Kubectl, namespace: str, pod: str, container: str = "trainer") -> str:
+    return kubectl("logs", "-n", namespace, pod, "-c", container).stdout
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := fn()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(0.3)
+    return value
+
+
+def pod_manifest(namespace: str, name: str, image: str, command: list[str], resources: dict[str, Any] | None = None,
+                 **spec: Any) -> dict[str, Any]:  # fmt: skip
+    """A one-shot pod on the real node, restricted by Pod Security's rules."""
+    container = {"name": "main", "image": image, "imagePullPolicy": "Never", "command": command,
+                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                 "resources": resources or {"limits": {"memory": "256Mi"}}}  # fmt: skip
+    restricted = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    pod_spec = {"restartPolicy": "Never", "containers": [container], "securityContext": restricted, **spec}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": on_realnode(pod_spec)}  # fmt: skip
+
+
+def run_pod(kubectl: Kubectl, namespace: str, name: str, image: str, command: list[str],
+            timeout: float = 120, **kw: Any) -> tuple[str, str]:  # fmt: skip
+    """Run a one-shot pod on the real node; returns (its final phase, its log)."""
+    pod = pod_manifest(namespace, name, image, command, **kw)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
+    jsonpath = "-o=jsonpath={.status.phase}"
+    phase = wait_for(
+        f"pod {name} to end",
+        lambda: (p := kubectl("get", "pod", "-n", namespace, name, jsonpath).stdout) in ("Succeeded", "Failed") and p,
+        timeout,
+    )
+    return str(phase), kubectl("logs", "-n", namespace, name).stdout

@@ -1,0 +1,218 @@
+"""TrainingJobs in real containers: the chart's operator in-cluster, the trainer images of `make
+images` on the real node, rendezvous over the pod network, checkpoints on a hostPath claim.
+
+Same jobs as tests/e2e/test_training.py (the process node), here with real kubelet semantics: images,
+users, cgroups, pod IPs on a bridge, cluster DNS for MASTER_ADDR, `kubectl logs`, SIGKILL of a
+container's process from the host.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from localcluster import images, realnode
+from localcluster.testing import Kubectl
+from tests.e2e.test_training import DDP_ARGS, committed_steps, job_events, load_params
+from tests.plugins.operator import GROUP, VERSION, JobClient
+from tests.realnode.conftest import (
+    JOBS_NAMESPACE,
+    PYTORCH_IMAGE,
+    TENSORFLOW_IMAGE,
+    RealNode,
+    on_realnode,
+    pod_logs,
+    wait_for,
+)  # fmt: skip
+
+pytestmark = pytest.mark.realnode
+
+JOB_TIMEOUT = 300.0  # image start, torch/TF imports on 2 cores
+
+
+def training_job(name: str, claim: str, args: list[str], framework: str = "pytorch",
+                 module: str = "phalanx_trainer.examples.pytorch_ddp", image: str = PYTORCH_IMAGE,
+                 env: list[dict[str, str]] | None = None, **spec: Any) -> dict[str, Any]:  # fmt: skip
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["python", "-m", module],
+        "args": args,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "env": env or [],
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": JOBS_NAMESPACE},
+        "spec": {
+            "framework": framework,
+            "replicas": 2,
+            "template": {"spec": on_realnode({"containers": [container]})},
+            "checkpoint": {"claimName": claim, "path": "/checkpoints", "keep": 3},
+            "runPolicy": {"backoffLimit": 3},
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+def jobs(api_client: client.ApiClient, phalanx_release: str) -> JobClient:
+    return JobClient(api_client, JOBS_NAMESPACE)
+
+
+def unique(hint: str) -> str:
+    return f"{hint}-{secrets.token_hex(2)}"
+
+
+def apply(kubectl: Kubectl, manifest: dict[str, Any]) -> None:
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+
+def test_pytorch_ddp_trains_in_real_containers_and_a_killed_rank_resumes_to_the_same_model(
+    node: RealNode, jobs: JobClient, claim: Callable[[str], Path], kubectl: Kubectl
+) -> None:
+    """The reference run (rendezvous via MASTER_ADDR from cluster DNS, metrics at the pods' real IPs,
+    `kubectl logs` of each rank), then the same job with rank 0's process SIGKILLed after its first
+    checkpoint: the whole gang restarts, resumes, and ends with the same parameters bit for bit."""
+    ref, ref_dir = unique("ref"), claim("ref")
+    apply(kubectl, training_job(ref, "ref", DDP_ARGS))
+    scraped: dict[str, str] = {}
+    efficiency: list[float] = []
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while (state := (jobs.get(ref).get("status") or {}).get("state")) not in ("Succeeded", "Failed"):
+        assert time.monotonic() < deadline, f"{ref} did not finish: {yaml.safe_dump(jobs.get(ref).get('status'))}"
+        for p in jobs.pods(ref):
+            if p.status.phase == "Running" and p.status.pod_ip and p.metadata.name not in scraped:
+                try:
+                    with urllib.request.urlopen(f"http://{p.status.pod_ip}:9400/metrics", timeout=2) as resp:
+                        body = resp.read().decode()
+                    if "phalanx_trainer_steps_total" in body:
+                        scraped[p.metadata.name] = f"{p.status.pod_ip}\n{body}"
+                except OSError:
+                    pass  # not serving yet
+        throughput = (jobs.get(ref).get("status") or {}).get("throughput") or {}
+        if throughput.get("scalingEfficiency") is not None:
+            efficiency.append(float(throughput["scalingEfficiency"]))
+        time.sleep(0.5)
+    job = jobs.get(ref)
+    assert state == "Succeeded", yaml.safe_dump(job["status"])
+    assert (job["status"]["attempt"], job["status"]["restarts"], job["status"]["worldSize"]) == (1, 0, 2)
+    assert committed_steps(ref_dir)[-1] == 60
+    # Each rank served metrics on its own pod IP on the bridge, and the in-cluster operator scraped them.
+    assert set(scraped) == {f"{ref}-worker-0", f"{ref}-worker-1"}, scraped.keys()
+    ips = {body.split("\n", 1)[0] for body in scraped.values()}
+    assert len(ips) == 2 and all(ip.startswith("10.244.0.") for ip in ips), ips
+    assert efficiency and all(e > 0 for e in efficiency), "no scaling efficiency reached the status"
+    for rank in (0, 1):
+        log = pod_logs(kubectl, JOBS_NAMESPACE, f"{ref}-worker-{rank}")
+        assert re.search(r"^done step 60/60 loss [\d.]+ world 2 resumed_from -1", log, re.M), log
+
+    killed, killed_dir = unique("killed"), claim("killed")
+    apply(kubectl, training_job(killed, "killed", DDP_ARGS))
+    wait_for("a committed checkpoint", lambda: committed_steps(killed_dir), timeout=JOB_TIMEOUT)
+    victim = next(p for p in jobs.pods(killed) if p.metadata.name == f"{killed}-worker-0")
+    node.kill_container(victim)
+    last = committed_steps(killed_dir)[-1]
+    assert last < 60, "the kill landed after training ended; slow the job down"
+    job = jobs.wait_state(killed, "Succeeded", timeout=JOB_TIMEOUT)
+    assert (job["status"]["attempt"], job["status"]["restarts"]) == (2, 1), yaml.safe_dump(job["status"])
+    events = job_events(kubectl, JOBS_NAMESPACE, killed)
+    assert any(f"pod {killed}-worker-0 exited with code 137" in e for e in events), events
+    log = pod_logs(kubectl, JOBS_NAMESPACE, f"{killed}-worker-0")
+    m = re.search(r"resumed from step (\d+) \(attempt 2, world size 2 -> 2\)", log)
+    assert m and int(m.group(1)) >= last, log
+    reference, resumed = load_params(ref_dir / "final.pt"), load_params(killed_dir / "final.pt")
+    assert reference.keys() == resumed.keys()
+    for name in reference:
+        assert reference[name].equal(resumed[name]), f"{name} differs from the uninterrupted run"
+
+
+def test_scale_up_sigterms_saves_and_resumes_at_world_size_3(
+    node: RealNode, jobs: JobClient, claim: Callable[[str], Path], kubectl: Kubectl
+) -> None:
+    name, claim_dir = unique("elastic"), claim("elastic")
+    args = ["--steps", "60", "--batch-size", "16", "--checkpoint-every-steps", "10", "--step-sleep", "0.15",
+            "--log-every", "10", "--out", "/checkpoints/final.pt"]  # fmt: skip
+    apply(kubectl, training_job(name, "elastic", args, elastic={"minReplicas": 1, "maxReplicas": 4}))
+    wait_for("a committed checkpoint", lambda: committed_steps(claim_dir), timeout=JOB_TIMEOUT)
+    kubectl("scale", "-n", JOBS_NAMESPACE, f"tj/{name}", "--replicas=3")
+    job = jobs.wait_state(name, "Succeeded", timeout=JOB_TIMEOUT)
+    assert (job["status"]["attempt"], job["status"]["worldSize"]) == (2, 3), yaml.safe_dump(job["status"])
+    log = pod_logs(kubectl, JOBS_NAMESPACE, f"{name}-worker-0")
+    m = re.search(r"resumed from step (\d+) \(attempt 2, world size 2 -> 3\)", log)
+    assert m, log
+    # Resumed from the checkpoint both ranks saved on SIGTERM mid-run, not from scratch.
+    assert 0 < int(m.group(1)) < 60, log
+    assert re.search(rf"^done step 60/60 .* world 3 resumed_from {m.group(1)} ", log, re.M), log
+
+
+def test_tensorflow_multiworker_mirrored_trains_in_real_containers(
+    node: RealNode, jobs: JobClient, claim: Callable[[str], Path], kubectl: Kubectl
+) -> None:
+    name, claim_dir = unique("mwms"), claim("mwms")
+    args = ["--mode", "fit", "--steps", "40", "--batch-size", "16", "--steps-per-epoch", "20",
+            "--checkpoint-every-steps", "10", "--log-every", "10", "--out", "/checkpoints/final.npz"]  # fmt: skip
+    env = [{"name": "TF_USE_LEGACY_KERAS", "value": "1"}, {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}]
+    apply(kubectl, training_job(name, "mwms", args, framework="tensorflow", image=TENSORFLOW_IMAGE,
+                                module="phalanx_trainer.examples.tensorflow_mwms", env=env))  # fmt: skip
+    job = jobs.wait_state(name, "Succeeded", timeout=JOB_TIMEOUT)
+    assert (job["status"]["attempt"], job["status"]["worldSize"]) == (1, 2)
+    assert committed_steps(claim_dir)[-1] == 40
+    chief = pod_logs(kubectl, JOBS_NAMESPACE, f"{name}-worker-0")
+    assert re.search(r"^done step 40/40 .* world 2 ", chief, re.M), chief
+
+
+def test_a_non_retryable_exit_fails_the_job_naming_pod_and_code(
+    node: RealNode, jobs: JobClient, claim: Callable[[str], Path], kubectl: Kubectl
+) -> None:
+    name = unique("broken")
+    claim("broken")
+    manifest = training_job(name, "broken", ["-c", "import sys; print('giving up'); sys.exit(1)"])
+    manifest["spec"]["template"]["spec"]["containers"][0]["command"] = ["python"]
+    apply(kubectl, manifest)
+    job = jobs.wait_state(name, "Failed", timeout=JOB_TIMEOUT)
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    m = re.search(rf"pod ({name}-worker-\d) exited with code 1\b", failed["message"])
+    assert m, failed
+    assert "giving up" in pod_logs(kubectl, JOBS_NAMESPACE, m.group(1))
+
+
+def test_an_oom_killed_rank_is_named_as_the_cause(
+    node: RealNode, jobs: JobClient, claim: Callable[[str], Path], kubectl: Kubectl
+) -> None:
+    name = unique("oom")
+    claim("oom")
+    hog = "import time; time.sleep(1); b = bytearray(512 * 1024 * 1024)"
+    manifest = training_job(name, "oom", ["-c", hog], runPolicy={"backoffLimit": 0})
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    container["command"], container["resources"]["limits"]["memory"] = ["python"], "128Mi"
+    apply(kubectl, manifest)
+    job = jobs.wait_state(name, "Failed", timeout=JOB_TIMEOUT)
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert re.search(rf"pod {name}-worker-\d exited with code 137 \(OOMKilled\)", failed["message"]), failed
+
+
+def test_a_root_image_under_run_as_non_root_shows_the_kubelets_refusal_in_the_status(
+    node: RealNode, jobs: JobClient, claim: Callable[[str], Path], kubectl: Kubectl
+) -> None:
+    name = unique("root")
+    claim("root")
+    assert realnode.load_image(node.paths, images.base_ref(), log=print)
+    apply(kubectl, training_job(name, "root", [], image=images.base_ref()))
+    job = jobs.wait(
+        name, lambda j: "runAsNonRoot" in yaml.safe_dump((j.get("status") or {}).get("conditions")),
+        timeout=120, what="the refusal in a condition",
+    )  # fmt: skip
+    text = yaml.safe_dump(job["status"]["conditions"])
+    assert "CreateContainerConfigError" in text and "image will run as root" in text, text
