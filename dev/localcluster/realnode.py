@@ -47,6 +47,10 @@ POD_SUBNET = "10.244.0.0/24"
 GATEWAY = "10.244.0.1"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 NFT_TABLE = "phalanx"
+# The made-up addresses of kwok's nodes and pods (localcluster.nodes, components.POD_CIDR): with real
+# pods next to them, something (the apiserver fetching logs, a scraper) may dial one. Blackhole
+# routes make that fail here instead of leaving by the default route.
+SIMULATED_RANGES = ("10.128.0.0/10", "10.64.0.0/14")
 CGROUP_ROOT = "phalanx-node"
 CLUSTER_DOMAIN = "cluster.local"
 # Pods must ask for the real node: tolerate this taint and select this label.
@@ -154,9 +158,13 @@ table ip {NFT_TABLE} {{
 """
     _sh("nft", "delete", "table", "ip", NFT_TABLE, check=False)
     _sh("nft", "-f", "-", input=rules)
+    for cidr in SIMULATED_RANGES:
+        _sh("ip", "route", "replace", "blackhole", cidr)
 
 
 def network_down() -> None:
+    for cidr in SIMULATED_RANGES:
+        _sh("ip", "route", "delete", "blackhole", cidr, check=False)
     _sh("nft", "delete", "table", "ip", NFT_TABLE, check=False)
     _sh("ip", "link", "delete", BRIDGE, check=False)
 

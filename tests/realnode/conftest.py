@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from localcluster import images, realnode
 from localcluster.layout import Layout
 from localcluster.testing import Kubectl, create_namespace
 from tests.conftest import TestCluster
 from tests.e2e.conftest import make_claim
-from tests.helm.release import CHART, helm, values_file
+from tests.helm.release import CHART, RESTRICTED, helm, values_file
 
 RELEASE, RELEASE_NAMESPACE = "phalanx", "phalanx-system"
 # The in-cluster operator watches only this namespace (chart scope=namespace): another operator a test
@@ -65,19 +66,31 @@ def node(cluster: TestCluster) -> RealNode:
     return RealNode(realnode.Paths.of(layout))
 
 
-@pytest.fixture(scope="session")
-def phalanx_release(node: RealNode, kubeconfig: Path, kubectl: Kubectl, core_v1: client.CoreV1Api) -> Iterator[str]:
-    create_namespace(core_v1, RELEASE_NAMESPACE)
-    create_namespace(core_v1, JOBS_NAMESPACE)
-    values = {
+def release_values() -> dict[str, Any]:
+    return {
         "image": {"pullPolicy": "Never"},  # loaded into the node by localcluster; a pull could only fail
         "scope": "namespace",
         "watchNamespace": JOBS_NAMESPACE,
         **on_realnode({}),
     }
-    with values_file(values) as flags:
+
+
+def install_release(kubeconfig: Path) -> None:
+    with values_file(release_values()) as flags:
         helm("install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, *flags, "--wait", "--timeout=240s",
              kubeconfig=kubeconfig, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def phalanx_release(node: RealNode, kubeconfig: Path, core_v1: client.CoreV1Api) -> Iterator[str]:
+    """The chart, installed unchanged; the release namespace enforces Pod Security `restricted`."""
+    for ns in (RELEASE_NAMESPACE, JOBS_NAMESPACE):
+        try:
+            create_namespace(core_v1, ns, labels=RESTRICTED)
+        except ApiException as e:  # a reused cluster (PHALANX_TEST_KUBECONFIG) keeps them
+            if e.status != 409:
+                raise
+    install_release(kubeconfig)
     try:
         yield RELEASE_NAMESPACE
     finally:

@@ -70,6 +70,14 @@ def test_pods_get_cluster_dns_the_kubernetes_service_and_no_route_off_the_machin
     assert out["user"] == 65532
 
 
+def test_the_simulated_nodes_and_pods_addresses_cannot_be_dialled_off_the_machine(node: RealNode) -> None:
+    import subprocess
+
+    for address in ("10.128.0.5", "10.64.3.4"):  # a kwok node's InternalIP, a kwok pod's IP
+        route = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True)
+        assert route.returncode != 0 or route.stdout.startswith("blackhole"), route.stdout
+
+
 def test_a_root_image_is_refused_under_run_as_non_root_naming_the_cause(
     node: RealNode, kubectl: Kubectl, core_v1: client.CoreV1Api, namespace: str
 ) -> None:
