@@ -8,7 +8,7 @@ PROFILE ?= default
 export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
-.PHONY: help deps binaries images cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
+.PHONY: help deps binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
 
 help:
 	@echo "make demo            run the main example job on a local cluster, end to end"
@@ -54,11 +54,13 @@ lint:
 test-unit: verify lint
 	$(PYTHON) -m pytest -m "not cluster and not training and not e2e and not realnode" $(PYTEST_ARGS)
 
-# Two sessions: the kwok/process-node suites on the default profile, then the realnode suite on a
-# cluster with the real node (exit 5, nothing selected by PYTEST_ARGS, is not a failure).
-test: binaries images verify lint
-	$(PYTHON) -m pytest -m "not realnode" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(PYTHON) -m pytest -m realnode $(PYTEST_ARGS) || [ $$? -eq 5 ]
+test: binaries verify lint
+	$(PYTHON) -m pytest -m "not realnode" $(PYTEST_ARGS)
+
+# Real containers on the real node (images built first; a cluster with the `real` profile). Not yet
+# part of `make test`: its cold cost in .ci/run is still to be measured (docs/e2e.md).
+test-realnode: binaries images
+	$(PYTHON) -m pytest -m realnode $(PYTEST_ARGS)
 
 demo: binaries
 	$(PYTHON) -m demo

@@ -270,7 +270,7 @@ def build_all(log: Log, *, accelerator: str = "cpu", only: Iterable[str] = ()) -
 
 
 def archive(ref: str) -> Path:
-    """A docker-archive of the image for `ctr images import`, cached by image ID."""
+    """A docker-archive of the image for `ctr images import`, named by image ID."""
     found = image_id(ref)
     if found is None:
         raise ClusterError(f"image {ref} is not built: run `make images`")

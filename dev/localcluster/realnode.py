@@ -394,8 +394,11 @@ def load_image(paths: Paths, ref: str, log: Log) -> bool:
         return True
     t0 = time.monotonic()
     tar = images.archive(ref)
-    ctr(paths, "images", "import", str(tar))
-    ctr(paths, "images", "label", ref, f"{images.INPUTS_LABEL}.id={image_id}")
+    try:
+        ctr(paths, "images", "import", str(tar))
+        ctr(paths, "images", "label", ref, f"{images.INPUTS_LABEL}.id={image_id}")
+    finally:
+        tar.unlink(missing_ok=True)  # GBs; the node's store keeps the image, keyed by its ID
     log(f"  image {ref} loaded into the node (+{time.monotonic() - t0:.1f}s)")
     return True
 

@@ -117,7 +117,11 @@ def test_default_render() -> None:
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
     assert c["args"] == ["--liveness=http://0.0.0.0:8081/healthz", "--log-format=plain"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    assert env(docs) == {"PHALANX_WORKERS": "8", "PHALANX_METRICS_PORT": "8080"}  # no namespace: all of them
+    assert env(docs) == {
+        "PHALANX_WORKERS": "8",
+        "PHALANX_SCRAPE_INTERVAL_SECONDS": "15",
+        "PHALANX_METRICS_PORT": "8080",
+    }
     svc = find(docs, "Service")
     assert svc["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -152,7 +156,10 @@ def test_non_default_render() -> None:
     assert c["image"] == "registry.example.com/ml/phalanx-operator@sha256:" + "ab" * 32
     assert c["imagePullPolicy"] == "Always"
     assert c["args"] == ["--liveness=http://0.0.0.0:9091/healthz", "--log-format=json", "--debug"]
-    assert env(docs) == {"PHALANX_WATCH_NAMESPACE": "ml-jobs", "PHALANX_WORKERS": "3", "PHALANX_METRICS_PORT": "9090"}
+    assert env(docs) == {
+        "PHALANX_WATCH_NAMESPACE": "ml-jobs", "PHALANX_WORKERS": "3", "PHALANX_SCRAPE_INTERVAL_SECONDS": "15",
+        "PHALANX_METRICS_PORT": "9090",
+    }  # fmt: skip
     assert c["resources"] == {"requests": {"cpu": "250m", "memory": "300Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
     pod = find(docs, "Deployment")["spec"]["template"]
     assert pod["metadata"]["labels"]["team"] == "ml"

@@ -12,6 +12,7 @@ node that runs containerd, runc and the kubelet on this machine, with the images
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def release_values() -> dict[str, Any]:
         "image": {"pullPolicy": "Never"},  # loaded into the node by localcluster; a pull could only fail
         "scope": "namespace",
         "watchNamespace": JOBS_NAMESPACE,
+        "operator": {"scrapeIntervalSeconds": 1},  # the test jobs train for seconds
         **on_realnode({}),
     }
 
@@ -98,22 +100,25 @@ def phalanx_release(node: RealNode, kubeconfig: Path, core_v1: client.CoreV1Api)
 
 
 @pytest.fixture
-def claim(kubectl: Kubectl, tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """claim(name) -> host dir: a PVC in JOBS_NAMESPACE bound to a hostPath PV of a fresh dir."""
+def claim(kubectl: Kubectl, tmp_path: Path) -> Iterator[Callable[[str], tuple[str, Path]]]:
+    """claim(hint) -> (name, host dir): a fresh PVC in JOBS_NAMESPACE bound to a hostPath PV of a new dir
+    the images' user can write. TrainingJobs left in the namespace are deleted after the test."""
     pvs: list[str] = []
 
-    def make(name: str) -> Path:
+    def make(hint: str) -> tuple[str, Path]:
+        name = f"{hint}-{secrets.token_hex(3)}"
         path = tmp_path / f"claim-{name}"
         path.mkdir(parents=True)
-        for p in (path, *path.parents):  # the containers' user must reach and write the dir
+        for p in path.parents:  # the containers' user must reach the dir ...
             if p == Path("/"):
                 break
             p.chmod(p.stat().st_mode | 0o711)
-        path.chmod(0o777)
+        path.chmod(0o777)  # ... and write in it
         pvs.append(make_claim(kubectl, JOBS_NAMESPACE, name, path))
-        return path
+        return name, path
 
     yield make
+    kubectl("delete", "tj", "--all", "-n", JOBS_NAMESPACE, "--wait=false", check=False)
     for pv in pvs:
         kubectl(
             "delete", "pvc", "-n", JOBS_NAMESPACE, pv.removeprefix(f"{JOBS_NAMESPACE}-"), "--wait=false", check=False

@@ -67,7 +67,7 @@ def test_every_shipped_profile_parses() -> None:
 
 
 def test_unknown_profile_names_the_choices() -> None:
-    with pytest.raises(ClusterError, match=r"unknown profile 'nope'; choose one of: default, scale"):
+    with pytest.raises(ClusterError, match=r"unknown profile 'nope'; choose one of: default, real, scale"):
         load_profile("nope")
     with pytest.raises(ClusterError, match="unknown profile"):
         load_profile("../etc/passwd")
@@ -149,7 +149,14 @@ def test_is_ready_needs_condition_and_no_not_ready_taint() -> None:
 
 def test_versions_file_is_shared_with_build_script(monkeypatch: pytest.MonkeyPatch) -> None:
     pinned = binaries.parse_versions((REPO / "dev" / "versions.env").read_text())
-    assert set(pinned) == {"K8S_VERSION", "ETCD_VERSION", "KWOK_VERSION", "HELM_VERSION"}
+    assert set(pinned) == {
+        "K8S_VERSION",
+        "ETCD_VERSION",
+        "KWOK_VERSION",
+        "HELM_VERSION",
+        "COREDNS_VERSION",
+        "PAUSE_VERSION",
+    }
     assert "versions.env" in (REPO / "dev" / "build-binaries.sh").read_text()
     monkeypatch.setenv("PHALANX_CACHE", "/cache")
     monkeypatch.setenv("K8S_VERSION", "v9.9.9")

@@ -117,6 +117,8 @@ class Operator(Values):
     """kopf log verbosity."""
     log_format: LogFormat = LogFormat.PLAIN
     """kopf log format; json suits log collectors."""
+    scrape_interval_seconds: StrictInt = Field(default=15, ge=1, le=3600)
+    """How often each running job's trainer pods are scraped for throughput (PHALANX_SCRAPE_INTERVAL_SECONDS)."""
 
 
 class Resources(Values):
