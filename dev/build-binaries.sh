@@ -67,20 +67,23 @@ build_kubernetes() {
   log "kubernetes $v: done"
 }
 
-build_etcd() {
-  local v=$ETCD_VERSION
-  have etcd "$v" && { log "etcd $v cached"; return; }
+# build_go_main NAME VERSION [MODULE]: builds the main.go read from stdin as its own module (requiring
+# MODULE at VERSION, if given) into $BIN/NAME-VERSION.
+build_go_main() {
+  local name=$1 v=$2 req=${3:-}
+  have "$name" "$v" && { log "$name $v cached"; return; }
   need_go
-  local d="$WORK/etcd-$v"; mkdir -p "$d"; cd "$d"
-  log "etcd $v: building"
-  cat > go.mod <<MOD
-module phalanx.local/etcdbuild
+  local d="$WORK/$name-$v"; mkdir -p "$d"; cd "$d"
+  log "$name $v: building"
+  { printf 'module phalanx.local/%sbuild\n\ngo 1.24\n' "$name"; [ -z "$req" ] || printf '\nrequire %s %s\n' "$req" "$v"; } > go.mod
+  cat > main.go
+  go mod tidy >/dev/null 2>&1
+  go build -trimpath -ldflags "-s -w" -o "$BIN/$name-$v" .
+  log "$name $v: done"
+}
 
-go 1.24
-
-require go.etcd.io/etcd/server/v3 $v
-MOD
-  cat > main.go <<'GO'
+build_etcd() {
+  build_go_main etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 <<'GO'
 package main
 
 import (
@@ -91,9 +94,6 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-  go mod tidy >/dev/null 2>&1
-  go build -trimpath -ldflags "-s -w" -o "$BIN/etcd-$v" .
-  log "etcd $v: done"
 }
 
 build_go_install() { # name module/cmd version ldflags
@@ -109,19 +109,7 @@ build_go_install() { # name module/cmd version ldflags
 # CoreDNS for the real node's cluster DNS, with only the plugins its Corefile uses: without `forward`
 # it has no way to send a query upstream.
 build_coredns() {
-  local v=$COREDNS_VERSION
-  have coredns "$v" && { log "coredns $v cached"; return; }
-  need_go
-  local d="$WORK/coredns-$v"; mkdir -p "$d"; cd "$d"
-  log "coredns $v: building (bind, health, errors, cache, template, kubernetes)"
-  cat > go.mod <<MOD
-module phalanx.local/corednsbuild
-
-go 1.24
-
-require github.com/coredns/coredns $v
-MOD
-  cat > main.go <<'GO'
+  build_go_main coredns "$COREDNS_VERSION" github.com/coredns/coredns <<'GO'
 package main
 
 import (
@@ -143,20 +131,12 @@ func init() {
 
 func main() { coremain.Run() }
 GO
-  go mod tidy >/dev/null 2>&1
-  go build -trimpath -ldflags "-s -w" -o "$BIN/coredns-$v" .
-  log "coredns $v: done"
 }
 
 # The pod sandbox's pause process: sleeps, reaps orphans, exits on SIGTERM/SIGINT. No registry to
 # pull registry.k8s.io/pause from, so it is built here and made into an image by localcluster.
 build_pause() {
-  local v=$PAUSE_VERSION
-  have pause "$v" && { log "pause $v cached"; return; }
-  need_go
-  local d="$WORK/pause-$v"; mkdir -p "$d"; cd "$d"
-  printf 'module phalanx.local/pause\n\ngo 1.24\n' > go.mod
-  cat > main.go <<'GO'
+  build_go_main pause "$PAUSE_VERSION" <<'GO'
 package main
 
 import (
@@ -181,8 +161,6 @@ func main() {
 	}
 }
 GO
-  go build -trimpath -ldflags "-s -w" -o "$BIN/pause-$v" .
-  log "pause $v: done"
 }
 
 start=$(date +%s)

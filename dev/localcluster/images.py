@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from localcluster.binaries import REPO_ROOT, cache_dir
 from localcluster.errors import ClusterError
@@ -133,20 +134,22 @@ def base_ref() -> str:
     return f"localhost/phalanx-base:{_sha(parts)[:16]}"
 
 
-def image_id(ref: str) -> str | None:
+def _inspect(ref: str) -> dict[str, Any] | None:
+    """buildah's record of a local image, or None when there is no such image."""
     proc = subprocess.run(["buildah", "inspect", "--type", "image", ref], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None
-    return str(json.loads(proc.stdout)["FromImageID"])
+    return dict(json.loads(proc.stdout)) if proc.returncode == 0 else None
+
+
+def image_id(ref: str) -> str | None:
+    found = _inspect(ref)
+    return str(found["FromImageID"]) if found else None
 
 
 def _label(ref: str, key: str) -> str | None:
-    proc = subprocess.run(["buildah", "inspect", "--type", "image", ref], capture_output=True, text=True)
-    if proc.returncode != 0:
+    found = _inspect(ref)
+    if found is None:
         return None
-    labels = json.loads(proc.stdout).get("ImageAnnotations") or {}
-    config = json.loads(proc.stdout).get("OCIv1", {}).get("config", {})
-    value = (config.get("Labels") or {}).get(key) or labels.get(key)
+    value = ((found.get("OCIv1", {}).get("config") or {}).get("Labels") or {}).get(key)
     return str(value) if value else None
 
 
