@@ -131,9 +131,11 @@ def _apiserver(plan: Plan) -> list[str]:
         "--endpoint-reconciler-type=none",  # no real endpoint for the `kubernetes` Service to point at
         "--profiling=false",
         # logs/exec/port-forward on the real node (PROFILE=real): the kubelet checks this client cert.
+        # No --kubelet-certificate-authority: the process node's logs endpoint is self-signed, and
+        # with it set the apiserver refuses `kubectl logs` there. Every kubelet is on loopback or
+        # the host's own bridge, so the unverified hop never leaves this machine.
         f"--kubelet-client-certificate={p.crt('kubelet-client')}",
         f"--kubelet-client-key={p.key('kubelet-client')}",
-        f"--kubelet-certificate-authority={p.ca_crt}",
         "--kubelet-preferred-address-types=InternalIP",
     ]
 
