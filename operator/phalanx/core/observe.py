@@ -14,9 +14,24 @@ from phalanx.core.model import JobView, PodView
 
 
 def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 time; None when absent or unreadable (the CRD's date-time format keeps junk out of
+    status, but a reconcile must not fail on one either)."""
     if not value:
         return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def seconds_left(since: datetime, limit: float, now: datetime) -> float:
+    """Seconds until `limit` seconds after `since` have passed (negative once they have).
+
+    Elapsed time is compared with the limit instead of adding the limit to a date: any limit the CRD
+    accepts (up to int32 seconds) and any date in status then work, where `since + timedelta(limit)`
+    overflows near year 9999 or for a huge limit."""
+    return limit - (now - since).total_seconds()
 
 
 def format_time(value: datetime) -> str:
