@@ -28,6 +28,9 @@ class JobView:
     status: TrainingJobStatus
     priority: int = 0  # the PriorityClass value, resolved by the caller
     deleting: bool = False  # deletionTimestamp set: garbage collection owns the pods now
+    # Status fields whose current value someone other than the operator wrote (from managedFields):
+    # "attempt" and "condition/<Type>" (the condition's status).
+    foreign_status: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -86,6 +87,29 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     )
 
 
+def foreign_status(meta: Mapping[str, Any]) -> frozenset[str]:
+    """The status fields the operator relies on whose value another field manager set (kubectl patch
+    --subresource=status, a script): "attempt" and "condition/<Type>". A writer that changes a field
+    becomes its owner in metadata.managedFields, so this names the last writer of each value."""
+    found: set[str] = set()
+    for entry in meta.get("managedFields") or []:
+        if entry.get("subresource") != "status" or entry.get("manager") == names.FIELD_MANAGER:
+            continue
+        fields = ((entry.get("fieldsV1") or {}).get("f:status")) or {}
+        if "f:attempt" in fields:
+            found.add("attempt")
+        for key, owned in (fields.get("f:conditions") or {}).items():
+            if not key.startswith("k:") or "f:status" not in (owned or {}):
+                continue
+            try:
+                type_ = json.loads(key[2:]).get("type")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(type_, str):
+                found.add(f"condition/{type_}")
+    return frozenset(found)
+
+
 def job_view(body: Mapping[str, Any], priority: int = 0) -> JobView:
     meta = body.get("metadata", {})
     spec: TrainingJobSpec | None = None
@@ -108,4 +132,5 @@ def job_view(body: Mapping[str, Any], priority: int = 0) -> JobView:
         status=status,
         priority=priority,
         deleting=bool(meta.get("deletionTimestamp")),
+        foreign_status=foreign_status(meta),
     )

@@ -107,6 +107,50 @@ def state_of(status: TrainingJobStatus) -> str:
     return "Starting" if status.attempt else "Pending"
 
 
+def _correct_foreign(step: _Step, pods: Sequence[PodView]) -> None:
+    """Status someone else wrote is set back to what the pods show where they contradict it, with an Event.
+
+    Only a contradiction is corrected, and only towards the pods: a foreign attempt number becomes
+    the attempt the pods carry (so no gang restarts), and a foreign Succeeded or Failed goes while
+    the pods show a gang that has not ended (so no running pod is deleted). Where no pod can tell (none
+    exist) the status stays as written: correcting it could only start pods."""
+    s, foreign = step.status, step.job.foreign_status
+    kept = [p for p in pods if not p.terminating]
+    carried = {p.attempt for p in kept}
+    if "attempt" in foreign and carried and s.attempt not in carried:
+        real = max(carried)
+        step.plan.events.append(
+            Event(
+                "Warning",
+                "StatusCorrected",
+                f"status.attempt {s.attempt} was not written by phalanx and no pod carries it; corrected to "
+                f"{real}, the attempt of the job's pods",
+            )
+        )
+        s.attempt = real
+    current = [p for p in kept if p.attempt == s.attempt]
+    alive = [p for p in current if p.phase not in TERMINAL]
+    contradicted = {
+        cond.SUCCEEDED: bool(current) and any(p.phase != "Succeeded" for p in current),
+        cond.FAILED: bool(alive) and not any(is_failure(p) for p in current),
+    }
+    for type_, wrong in contradicted.items():
+        c = cond.get(s, type_)
+        if not wrong or c is None or c.status != "True" or f"condition/{type_}" not in foreign:
+            continue
+        s.conditions = [x for x in s.conditions if x.type != type_]
+        s.completion_time = None
+        running = sum(p.phase == "Running" for p in current)
+        step.plan.events.append(
+            Event(
+                "Warning",
+                "StatusCorrected",
+                f"condition {type_}=True ({c.reason}) was not set by phalanx and the pods contradict it "
+                f"({running}/{len(current)} pods of attempt {s.attempt} running); removed",
+            )
+        )
+
+
 def finished(step: _Step, pods: Sequence[PodView]) -> Plan:
     """A finished job only cleans up its pods and, with a TTL, deletes itself."""
     policy = step.job.spec.run_policy if step.job.spec else None
@@ -182,7 +226,9 @@ def reconcile(
     s = step.status
     if job.deleting:
         return step.plan  # garbage collection removes the pods; nothing to decide
-    if cond.is_true(job.status, cond.SUCCEEDED) or cond.is_true(job.status, cond.FAILED):
+    if job.foreign_status:
+        _correct_foreign(step, pods)
+    if cond.is_true(s, cond.SUCCEEDED) or cond.is_true(s, cond.FAILED):
         return finished(step, pods)
     if job.spec is None:
         return step.fail("InvalidSpec", job.spec_error or "spec does not parse", pods)
