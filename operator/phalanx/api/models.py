@@ -230,11 +230,14 @@ class MetricsSpec(Model):
 
 
 class Template(Model):
-    """A PodTemplateSpec. The container named "trainer" runs the training process."""
+    """A PodTemplateSpec. The container named "trainer" runs the training process.
+
+    In the CRD this node is Kubernetes' own PodTemplateSpec schema (phalanx.api.podtemplate, generated
+    from the Kubernetes release in dev/versions.env), so the apiserver refuses a bad template at apply
+    time naming its field; the rule and bounds below are laid over it (phalanx.api.crd)."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "x-kubernetes-preserve-unknown-fields": True,
             "x-kubernetes-validations": cast(
                 Any,
                 [
@@ -249,22 +252,22 @@ class Template(Model):
         extra="allow",
     )
 
-    metadata: Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})] = {}
-    """Labels and annotations copied to every pod."""
+    metadata: dict[str, Any] = {}
+    """Labels and annotations copied to every pod (other metadata is refused: the pods are named by phalanx)."""
     spec: PodSpecShape
-    """A PodSpec."""
+    """A Kubernetes PodSpec (ephemeralContainers aside: pods cannot be created with them)."""
 
 
 class ContainerShape(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    model_config = ConfigDict(extra="allow")
     name: Annotated[str, Field(min_length=1, max_length=63)]
 
 
 class PodSpecShape(BaseModel):
-    """The parts of a PodSpec the schema checks; everything else is passed through unvalidated here and
-    validated by the apiserver when the pods are created."""
+    """The parts of a PodSpec the operator reads; the rest is passed through to the pods as it is."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    model_config = ConfigDict(extra="allow")
+    # Bounded so the CEL rule's cost is too (an unbounded list of unbounded names exceeds the budget).
     containers: Annotated[list[ContainerShape], Field(min_length=1, max_length=32)]
 
 
@@ -319,7 +322,7 @@ class TrainingJobSpec(Model):
     resources: Resources = Resources()
     """Accelerators per pod."""
     template: Template
-    """Pod template; the container named trainer is the trainer."""
+    """Pod template, validated against Kubernetes' PodTemplateSpec schema; the container named trainer trains."""
     checkpoint: CheckpointSpec | None = None
     """Checkpoint storage the operator mounts and names in PHALANX_CHECKPOINT_DIR."""
     run_policy: RunPolicy = RunPolicy()
