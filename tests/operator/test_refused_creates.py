@@ -16,6 +16,7 @@ from tests.plugins.operator import JobClient, job_manifest
 
 pytestmark = pytest.mark.usefixtures("operator")
 
+LABEL = "phalanx.dev/job-name"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -118,6 +119,8 @@ def deny_pod_deletes(api_client: client.ApiClient, namespace: str) -> Iterator[A
                     raise
 
     def install(job: str) -> None:
+        labels = "oldObject.metadata.labels"
+        frozen = f"!has({labels}) || {labels}.all(k, k != '{LABEL}' || {labels}[k] != '{job}')"
         admission.create_validating_admission_policy(
             {
                 "metadata": {"name": name},
@@ -130,7 +133,7 @@ def deny_pod_deletes(api_client: client.ApiClient, namespace: str) -> Iterator[A
                     },
                     "validations": [
                         {
-                            "expression": f"oldObject.metadata.labels[?'phalanx.dev/job-name'].orValue('') != '{job}'",
+                            "expression": frozen,
                             "message": f"deletes of {job}'s pods are frozen by the test",
                         }
                     ],
