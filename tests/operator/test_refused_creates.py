@@ -164,6 +164,15 @@ def test_failing_reconciles_set_reconcile_error_until_they_succeed(
     jobs.create(job_manifest("stuck", replicas=2))
     jobs.wait_state("stuck", "Running")
     install("stuck")
+
+    def in_force() -> bool | None:
+        try:
+            jobs.core.delete_namespaced_pod("stuck-worker-0", namespace, dry_run="All")
+        except client.ApiException as exc:
+            return exc.status == 422 or None
+        return None
+
+    wait_for(in_force, timeout=30, what="the admission policy in force")  # policies take a moment to load
     # A retryable failure restarts the gang, which needs attempt 1's pods deleted: the apiserver refuses.
     sim.make_pod_fail(jobs.core, namespace, "stuck-worker-1", exit_code=137, reason="OOMKilled")
     job = jobs.wait("stuck", has("ReconcileError", reason="ReconcileFailed"), timeout=60, what="ReconcileError")
