@@ -11,6 +11,7 @@ import yaml
 from tests.plugins.operator import job_manifest
 
 TEMPLATE = job_manifest("bad", replicas=2)["spec"]["template"]
+TRAINER = "spec.template.spec.containers[0]"
 
 
 def with_spec(**spec: Any) -> dict[str, Any]:
@@ -27,6 +28,17 @@ def without(field: str) -> dict[str, Any]:
 
 def tpu(topology: str = "2x4", **extra: Any) -> dict[str, Any]:
     return {"tpu": {"accelerator": "tpu-v5-lite-podslice", "topology": topology, **extra}}
+
+
+def with_template(metadata: dict[str, Any] | None = None, **pod_spec: Any) -> dict[str, Any]:
+    """A job whose pod template carries the given metadata and PodSpec fields (containers merged into the trainer's)."""
+    body = job_manifest("bad", replicas=2)
+    template = body["spec"]["template"]
+    template["metadata"].update(metadata or {})
+    trainer = pod_spec.pop("trainer", {})
+    template["spec"]["containers"][0].update(trainer)
+    template["spec"].update(pod_spec)
+    return body
 
 
 def no_trainer() -> dict[str, Any]:
@@ -71,6 +83,54 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("bad restartOn", with_spec(runPolicy={"restartOn": "sometimes"}), "spec.runPolicy.restartOn"),
     ("bad cleanPodPolicy", with_spec(runPolicy={"cleanPodPolicy": "Some"}), "spec.runPolicy.cleanPodPolicy"),
     ("negative backoffLimit", with_spec(runPolicy={"backoffLimit": -1}), "spec.runPolicy.backoffLimit"),
+    # Numbers beyond what a deadline can mean (int32 seconds, ~68 years) are refused, not reconciled.
+    (
+        "huge activeDeadlineSeconds",
+        with_spec(runPolicy={"activeDeadlineSeconds": 2**31}),
+        "spec.runPolicy.activeDeadlineSeconds",
+    ),
+    (
+        "int64-max startupDeadlineSeconds",
+        with_spec(runPolicy={"startupDeadlineSeconds": 2**63 - 1}),
+        "spec.runPolicy.startupDeadlineSeconds",
+    ),
+    (
+        "huge ttlSecondsAfterFinished",
+        with_spec(runPolicy={"ttlSecondsAfterFinished": 10**15}),
+        "spec.runPolicy.ttlSecondsAfterFinished",
+    ),
+    (
+        "tiny baselineSamplesPerSecond",
+        with_spec(metrics={"baselineSamplesPerSecond": 1e-300}),
+        "spec.metrics.baselineSamplesPerSecond",
+    ),
+    # The pod template is checked against Kubernetes' own PodTemplateSpec schema.
+    ("integer label value", with_template({"labels": {"team": 5}}), "spec.template.metadata.labels.team"),
+    ("annotations not a map", with_template({"annotations": 5}), "spec.template.metadata.annotations"),
+    ("metadata the pods cannot take", with_template({"name": "mine"}), "spec.template.metadata.name"),
+    ("unknown PodSpec field", with_template(replicaz=3), "spec.template.spec.replicaz"),
+    ("unknown container field", with_template(trainer={"imagePolicy": "x"}), "spec.template.spec.containers[0]"),
+    (
+        "bad quantity",
+        with_template(trainer={"resources": {"requests": {"cpu": "lots"}}}),
+        f"{TRAINER}.resources.requests.cpu",
+    ),
+    (
+        "env entry without name",
+        with_template(trainer={"env": [{"value": "x"}]}),
+        "spec.template.spec.containers[0].env[0].name",
+    ),
+    ("tolerations not a list", with_template(tolerations="all"), "spec.template.spec.tolerations"),
+    (
+        "port as text",
+        with_template(trainer={"ports": [{"containerPort": "http"}]}),
+        "spec.template.spec.containers[0].ports[0].containerPort",
+    ),
+    (
+        "ephemeral containers",
+        with_template(ephemeralContainers=[{"name": "dbg", "image": "busybox"}]),
+        "spec.template.spec.ephemeralContainers",
+    ),
 ]
 
 
@@ -82,6 +142,27 @@ def test_apiserver_refuses_bad_spec_naming_the_field(
     assert out.returncode != 0, f"{what}: accepted"
     assert "is invalid" in out.stderr or "error" in out.stderr.lower()
     assert field in out.stderr, f"{what}: {out.stderr}"
+
+
+def test_full_pod_template_is_accepted_as_written(kubectl: Any, namespace: str, crd: Any) -> None:
+    """What the schema allows is kept: nothing of a valid template is pruned on the way in."""
+    body = with_template(
+        {"labels": {"team": "a"}, "annotations": {"note": "x"}},
+        trainer={
+            "resources": {"requests": {"cpu": "500m", "memory": 1073741824}, "limits": {"cpu": 2}},
+            "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+            "ports": [{"containerPort": 8080, "name": "http"}],
+            "livenessProbe": {"httpGet": {"port": "http", "path": "/"}},
+        },
+        initContainers=[{"name": "fetch", "image": "busybox"}],
+        tolerations=[{"key": "k", "operator": "Exists"}],
+        volumes=[{"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}],
+        affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
+    )
+    body["metadata"]["name"] = "full"
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    got = yaml.safe_load(kubectl("get", "-n", namespace, "tj/full", "-o", "yaml").stdout)
+    assert got["spec"]["template"] == body["spec"]["template"]
 
 
 def test_good_spec_is_accepted_with_defaults(kubectl: Any, namespace: str, crd: Any) -> None:

@@ -15,7 +15,7 @@ import pytest
 from localcluster import sim
 from localcluster.testing import wait_for
 from tests.plugins.operator import JobClient
-from tests.scheduling.conftest import PodWatch, all_running, gpu_job, live
+from tests.scheduling.conftest import PodWatch, all_running, gpu_job
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -168,9 +168,10 @@ def test_job_that_can_never_fit_fails_at_once(jobs: JobClient) -> None:
     assert failed["reason"] == "ExceedsClusterCapacity"
     assert "needs 40 nvidia.com/gpu" in failed["message"]
     assert "hold 32 in all, room for at most 4 such pod(s)" in failed["message"]
-    jobs.wait_pods(
-        "huge", lambda ps: all(not live(p) or p.metadata.deletion_timestamp for p in ps), what="pods removed"
-    )
+    # Judged before any pod is created: none exists, and none was ever created and then removed.
+    assert jobs.pods("huge") == []
+    created = [e for e in jobs.core.list_namespaced_event(jobs.ns).items if e.involved_object.name == "huge"]
+    assert "CreatedPods" not in {e.reason for e in created}
 
 
 def test_unknown_gpu_product_fails_at_once_naming_the_products_there_are(jobs: JobClient) -> None:

@@ -69,7 +69,7 @@ def test_loosened_template_is_refused_in_a_restricted_namespace(
 ) -> None:
     jobs: JobClient = namespace_at("restricted")
     jobs.create(loosened("rooted"))
-    # The apiserver's PodSecurity admission refuses the operator's pod create; the operator logs why.
+    # The apiserver's PodSecurity admission refuses the operator's pod create; the operator logs why ...
     refusal = 'violates PodSecurity "restricted:latest"'
     line = wait_for(
         lambda: next((x for x in chart_operator.log_path.read_text().splitlines() if refusal in x), None),
@@ -78,6 +78,9 @@ def test_loosened_template_is_refused_in_a_restricted_namespace(
     )
     assert "runAsNonRoot != true" in line and "runAsUser=0" in line, line
     assert jobs.pods("rooted") == []
+    # ... and the job's status says it too, with the chart's RBAC alone.
+    refused = wait_for(lambda: jobs.condition("rooted", "ReplicaFailure"), timeout=30, what="ReplicaFailure")
+    assert refused["reason"] == "PodSecurityViolation" and refusal in refused["message"]
 
 
 def test_template_loosens_security_where_the_namespace_allows(

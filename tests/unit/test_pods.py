@@ -78,3 +78,24 @@ def test_headless_service_publishes_not_ready_addresses() -> None:
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"] == {"phalanx.dev/job-name": "j"}
     assert svc["spec"]["ports"] == [{"name": "tf-grpc", "port": 2222, "targetPort": 2222, "protocol": "TCP"}]
+
+
+def test_sidecars_and_init_containers_get_the_restricted_defaults_unless_they_set_their_own() -> None:
+    template = {
+        "spec": {
+            "initContainers": [{"name": "fetch", "image": "i"}],
+            "containers": [
+                {"name": "trainer", "image": "i"},
+                {"name": "logs", "image": "i"},
+                {"name": "net", "image": "i", "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}},
+                {"name": "debug", "image": "i", "securityContext": {"privileged": True}},
+            ],
+        }
+    }
+    built = build_pod(Gang("j", NS, "u", spec(template=template), 1), 0)["spec"]
+    restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    contexts = {c["name"]: c["securityContext"] for c in [*built["initContainers"], *built["containers"]]}
+    assert contexts["fetch"] == contexts["logs"] == contexts["trainer"] == restricted
+    assert contexts["net"] == {"allowPrivilegeEscalation": False, "capabilities": {"add": ["NET_ADMIN"]}}
+    # privileged with allowPrivilegeEscalation=false is refused by the apiserver: the default is left out.
+    assert contexts["debug"] == {"privileged": True, "capabilities": {"drop": ["ALL"]}}

@@ -23,6 +23,7 @@ from phalanx.api.models import (
     TrainingJobSpec,
     TrainingJobStatus,
 )
+from phalanx.api.podtemplate import pod_template_document
 
 Schema = dict[str, Any]
 
@@ -112,6 +113,31 @@ def model_schema(model: type[BaseModel]) -> Schema:
     return structural(raw, raw.get("$defs", {}))
 
 
+# What the models add to the generated PodTemplateSpec where both have the node: docs, bounds, rules.
+_OVERLAID = ("description", "minItems", "maxItems", "minLength", "maxLength", "x-kubernetes-validations")
+
+
+def _overlay(generated: Schema, ours: Schema) -> None:
+    for key in _OVERLAID:
+        if key in ours:
+            generated[key] = copy.deepcopy(ours[key])
+    generated["required"] = sorted(set(generated.get("required", [])) | set(ours.get("required", [])))
+    if not generated["required"]:
+        del generated["required"]
+    for name, sub in ours.get("properties", {}).items():
+        if name in generated.get("properties", {}):
+            _overlay(generated["properties"][name], sub)
+    if isinstance(ours.get("items"), dict) and isinstance(generated.get("items"), dict):
+        _overlay(generated["items"], ours["items"])
+
+
+def pod_template_schema(ours: Schema) -> Schema:
+    """spec.template: Kubernetes' PodTemplateSpec (generated) with the models' descriptions, bounds and rules."""
+    node: Schema = copy.deepcopy(pod_template_document()["schema"])
+    _overlay(node, ours)
+    return node
+
+
 def printer_columns() -> list[Schema]:
     return [
         {"name": "State", "type": "string", "jsonPath": ".status.state", "description": "Job state"},
@@ -155,6 +181,7 @@ def status_schema() -> Schema:
 
 def crd() -> dict[str, Any]:
     spec = model_schema(TrainingJobSpec)
+    spec["properties"]["template"] = pod_template_schema(spec["properties"]["template"])
     root: Schema = {
         "type": "object",
         "description": "A distributed training job: PyTorch DDP or TensorFlow (MultiWorkerMirrored, TPU) "

@@ -84,7 +84,16 @@ class AccessMode(StrEnum):
     READ_WRITE_ONCE_POD = "ReadWriteOncePod"
 
 
+# Largest value of a seconds field: Kubernetes' int32, ~68 years. Deadline arithmetic never adds such a
+# span to a date (reconcile compares elapsed seconds), so no accepted value can overflow a datetime.
+MAX_SECONDS = 2**31 - 1
+# Counters in status: int32 as well, so one that someone else writes near the limit can still be counted up.
+MAX_COUNT = 2**31 - 1
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Times in status: the apiserver refuses a status whose times are not RFC 3339, whoever writes it.
+Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 
 
@@ -184,11 +193,11 @@ class RunPolicy(Model):
     """Whole-gang restarts allowed after failures before the job is Failed."""
     restart_on: RestartOn = RestartOn.RETRYABLE
     """retryable: exit codes 128-255, eviction, node loss; always: any failure; never: no restarts."""
-    active_deadline_seconds: Annotated[int | None, Field(ge=1)] = None
+    active_deadline_seconds: Annotated[int | None, Field(ge=1, le=MAX_SECONDS)] = None
     """Wall-clock limit for the whole job from its start; Failed with DeadlineExceeded after it."""
-    startup_deadline_seconds: Annotated[int | None, Field(ge=1)] = 900
+    startup_deadline_seconds: Annotated[int | None, Field(ge=1, le=MAX_SECONDS)] = 900
     """Limit for pods to get running (unschedulable, image pull errors); Failed with the cause after it."""
-    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0)] = None
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=MAX_SECONDS)] = None
     """Delete the finished job (and its pods) this many seconds after it ends."""
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     """Which pods to delete when the job ends: All, only the Running ones, or None."""
@@ -216,16 +225,19 @@ class MetricsSpec(Model):
 
     port: Annotated[int, Field(ge=1024, le=65535)] = 9400
     """Port the trainer runtime serves Prometheus metrics on (PHALANX_METRICS_PORT)."""
-    baseline_samples_per_second: Annotated[float | None, Field(gt=0)] = None
+    baseline_samples_per_second: Annotated[float | None, Field(ge=1e-6, le=1e15)] = None
     """Declared single-replica throughput X(1); else taken from the job's smallest world size."""
 
 
 class Template(Model):
-    """A PodTemplateSpec. The container named "trainer" runs the training process."""
+    """A PodTemplateSpec. The container named "trainer" runs the training process.
+
+    In the CRD this node is Kubernetes' own PodTemplateSpec schema (phalanx.api.podtemplate, generated
+    from the Kubernetes release in dev/versions.env), so the apiserver refuses a bad template at apply
+    time naming its field; the rule and bounds below are laid over it (phalanx.api.crd)."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "x-kubernetes-preserve-unknown-fields": True,
             "x-kubernetes-validations": cast(
                 Any,
                 [
@@ -240,22 +252,22 @@ class Template(Model):
         extra="allow",
     )
 
-    metadata: Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})] = {}
-    """Labels and annotations copied to every pod."""
+    metadata: dict[str, Any] = {}
+    """Labels and annotations copied to every pod (other metadata is refused: the pods are named by phalanx)."""
     spec: PodSpecShape
-    """A PodSpec."""
+    """A Kubernetes PodSpec (ephemeralContainers aside: pods cannot be created with them)."""
 
 
 class ContainerShape(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    model_config = ConfigDict(extra="allow")
     name: Annotated[str, Field(min_length=1, max_length=63)]
 
 
 class PodSpecShape(BaseModel):
-    """The parts of a PodSpec the schema checks; everything else is passed through unvalidated here and
-    validated by the apiserver when the pods are created."""
+    """The parts of a PodSpec the operator reads; the rest is passed through to the pods as it is."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    model_config = ConfigDict(extra="allow")
+    # Bounded so the CEL rule's cost is too (an unbounded list of unbounded names exceeds the budget).
     containers: Annotated[list[ContainerShape], Field(min_length=1, max_length=32)]
 
 
@@ -310,7 +322,7 @@ class TrainingJobSpec(Model):
     resources: Resources = Resources()
     """Accelerators per pod."""
     template: Template
-    """Pod template; the container named trainer is the trainer."""
+    """Pod template, validated against Kubernetes' PodTemplateSpec schema; the container named trainer trains."""
     checkpoint: CheckpointSpec | None = None
     """Checkpoint storage the operator mounts and names in PHALANX_CHECKPOINT_DIR."""
     run_policy: RunPolicy = RunPolicy()
@@ -338,7 +350,7 @@ class Condition(Model):
     """A Kubernetes-style condition."""
 
     type: str
-    """Admitted, Running, Restarting, Succeeded, Failed or Suspended."""
+    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure or ReconcileError."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str
@@ -347,7 +359,7 @@ class Condition(Model):
     """Human-readable detail."""
     observed_generation: int | None = None
     """The spec generation this condition was computed from."""
-    last_transition_time: str
+    last_transition_time: Time
     """When status last changed (RFC 3339)."""
 
 
@@ -371,7 +383,7 @@ class CheckpointStatus(Model):
 
     step: int
     """Training step of the checkpoint."""
-    time: str
+    time: Time
     """When it was committed (RFC 3339)."""
 
 
@@ -402,10 +414,10 @@ class TrainingJobStatus(Model):
     state: str | None = None
     """Pending, Queued, Starting, Running, Restarting, Suspended, Succeeded or Failed (the State column)."""
     conditions: list[Condition] = []
-    """Admitted, Running, Restarting, Succeeded, Failed, Suspended."""
-    attempt: int = 0
+    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure, ReconcileError."""
+    attempt: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
     """Current gang attempt, 1-based; every gang restart or rescale starts a new one (PHALANX_ATTEMPT)."""
-    restarts: int = 0
+    restarts: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
     """Gang restarts caused by failures (counted against backoffLimit)."""
     world_size: int | None = None
     """Training processes of the current attempt: replicas x procsPerPod."""
@@ -417,11 +429,11 @@ class TrainingJobStatus(Model):
     """GPUs the job uses in total (replicas x gpus per pod)."""
     selector: str | None = None
     """Label selector of the job's pods (for the scale subresource and autoscalers)."""
-    start_time: str | None = None
+    start_time: Time | None = None
     """When the first attempt started running."""
-    completion_time: str | None = None
+    completion_time: Time | None = None
     """When the job succeeded or failed."""
-    attempt_start_time: str | None = None
+    attempt_start_time: Time | None = None
     """When the current attempt's pods were created."""
     last_checkpoint: CheckpointStatus | None = None
     """The newest checkpoint the trainers reported."""

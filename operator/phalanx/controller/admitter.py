@@ -120,9 +120,27 @@ class Admitter:
         if job.spec is None:
             return None
         old = hit.shape if hit is not None and hit.job.generation == job.generation else None
-        entry = _Cached(rv, job, old or shape_of(job))
+        try:
+            shape = old or shape_of(job)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # a template that makes no pod: the reconcile marks the job InvalidSpec
+        entry = _Cached(rv, job, shape)
         self._jobs[key] = entry
         return entry
+
+    def capacity_note(self, key: JobKey, body: Mapping[str, Any]) -> AdmissionNote | None:
+        """Before a gang's pods are created: a fatal note when the gang can never fit the cluster, so the
+        job fails with ExceedsClusterCapacity instead of creating pods that would wait for ever. O(nodes)."""
+        entry = self._cached(key, body)
+        if entry is None or entry.job.spec is None:
+            return None
+        job = entry.job
+        assert job.spec is not None
+        if not gated(Gang(job.name, job.namespace, job.uid, job.spec, max(job.status.attempt, 1))):
+            return None  # another admission system decides
+        nodes = [v for store in self.op.indices["node_index"].values() for v in store]
+        never = adm.never_fits(nodes, demand_of(job, entry.shape, 0, job.spec.replicas))
+        return AdmissionNote(never.reason, never.message, fatal=True) if never else None
 
     def node_changed(self, name: str, view: adm.NodeView | None) -> None:
         """A node event: wake only when what admission reads of the node changed (kubelets, and kwok,

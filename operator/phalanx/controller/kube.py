@@ -23,6 +23,8 @@ from kubernetes.client.exceptions import ApiException
 
 from phalanx.api.models import GROUP, PLURAL, VERSION
 from phalanx.controller.slots import CREATE, EVENT, UNGATE, WRITE, PrioritySlots
+from phalanx.core.names import FIELD_MANAGER
+from phalanx.core.refusal import is_refusal
 
 T = TypeVar("T")
 
@@ -96,7 +98,15 @@ class Kube:
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
             result = await self._run(
-                WRITE, self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body
+                WRITE,
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body,
+                field_manager=FIELD_MANAGER,  # managedFields then tell our status writes from anyone else's
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -150,6 +160,17 @@ class Kube:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api.close()
+
+
+def refusal_of(exc: BaseException) -> tuple[int | None, str] | None:
+    """(HTTP status, message) when `exc` is a verdict on the object sent: the apiserver's 4xx (but 409 and
+    429), or the client's own validation (status None). None for a transient failure (5xx, network)."""
+    if isinstance(exc, ApiException):
+        code = int(exc.status) if exc.status else None
+        return (code, api_error_message(exc)) if code is not None and is_refusal(code) else None
+    if isinstance(exc, (ValueError, TypeError)):  # the client refused to serialize or validate the body
+        return None, str(exc).replace("\n", " ")[:1024]
+    return None
 
 
 def api_error_message(exc: BaseException) -> str:

@@ -13,15 +13,18 @@ from typing import Any
 from phalanx.api.models import API_VERSION, KIND
 from phalanx.controller import caches, metrics
 from phalanx.controller.admitter import Admitter
+from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
-from phalanx.controller.kube import Conflict, Kube, api_error_message
+from phalanx.controller.kube import Conflict, Kube, api_error_message, refusal_of
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
+from phalanx.core import conditions as cond
 from phalanx.core.gang import Gang
 from phalanx.core.model import JobView, Plan, PodView
-from phalanx.core.observe import job_view
+from phalanx.core.observe import format_time, job_view
 from phalanx.core.pods import gated
 from phalanx.core.reconcile import reconcile
+from phalanx.core.refusal import CreateRefusal, classify
 
 log = logging.getLogger("phalanx")
 
@@ -29,6 +32,12 @@ log = logging.getLogger("phalanx")
 # last write; the next reconcile then writes the newest counts. A gang of n pods coming up would
 # otherwise cost n writes (each one also a watch event and a reconcile), all competing with pod creates.
 PROGRESS_WRITE_SECONDS = 1.0
+# A job whose reconciles fail this many times in a row gets condition ReconcileError with the error.
+REPORT_AFTER_FAILURES = 3
+
+
+def _generation(body: Mapping[str, Any] | None) -> int:
+    return _rv(str((body or {}).get("metadata", {}).get("generation", 0)))
 
 
 def _rv(value: str | None) -> int:
@@ -51,7 +60,11 @@ class Operator:
         self._wrote_at: dict[JobKey, float] = {}  # monotonic time of our last status write per job
         self._posting: set[asyncio.Task[None]] = set()  # Events being posted in the background
         self.admitter = Admitter(self)
-        self._refusals: dict[JobKey, str] = {}  # the last refused-create message per job, posted once
+        # Per-job backoff of reconciles that raised, and of creates the apiserver refused; the refusal
+        # itself is kept to be shown in the job's status until a create succeeds.
+        self.errors = Backoff()
+        self.refused = Backoff()
+        self._refusals: dict[JobKey, CreateRefusal] = {}
         # Trainer telemetry; settings are validated here so a misconfiguration stops the operator at once.
         self.scraper = Scraper(self, ScrapeSettings.from_env())
 
@@ -107,17 +120,71 @@ class Operator:
 
     async def _worker(self) -> None:
         while True:
-            key = await self.queue.get()
+            key: JobKey = await self.queue.get()  # type: ignore[assignment]
             started = time.monotonic()
             try:
-                await self.reconcile(key)  # type: ignore[arg-type]
+                wait = self.errors.wait_left(key, _generation(self.job_body(key)))
+                if wait > 0:
+                    self.queue.add_after(key, wait)  # failing: events do not shorten its backoff
+                    continue
+                await self.reconcile(key)
             except Exception as exc:  # one bad job never stops the others
                 metrics.RECONCILE_ERRORS.labels(reason=type(exc).__name__).inc()
-                log.warning("reconcile %s failed: %s; retrying", key, api_error_message(exc))
-                self.queue.add_after(key, 2.0)
+                await self._failed(key, exc)
+            else:
+                if self.errors.succeeded(key):
+                    log.info("reconcile %s/%s succeeded after failures", *key)
+                    self.queue.add(key)  # once more: that reconcile clears the ReconcileError condition
             finally:
                 metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
                 self.queue.done(key)
+
+    async def _failed(self, key: JobKey, exc: Exception) -> None:
+        """Back off, say so in the log once per distinct error, and after a few in a row in the job's status."""
+        body = self.job_body(key)
+        message = f"{type(exc).__name__}: {api_error_message(exc)}"
+        before = self.errors.get(key)
+        entry = self.errors.failed(key, message, _generation(body))
+        if before is None or before.message != message:
+            log.warning("reconcile %s/%s failed: %s; retrying with backoff", *key, message)
+            log.debug("reconcile %s/%s failed", *key, exc_info=exc)
+        if entry.count >= REPORT_AFTER_FAILURES and body is not None:
+            try:
+                await self._report_failure(key, body, message)
+            except Exception as report_exc:  # the API itself may be what fails; the log has it already
+                log.debug("ReconcileError of %s/%s not written: %s", *key, api_error_message(report_exc))
+        self.queue.add_after(key, entry.delay)
+
+    async def _report_failure(self, key: JobKey, body: Mapping[str, Any], message: str) -> None:
+        """Set condition ReconcileError on the job, from the raw status (it may be what fails to parse)."""
+        assert self.kube is not None
+        status = body.get("status") or {}
+        others = [c for c in status.get("conditions") or [] if c.get("type") != cond.RECONCILE_ERROR]
+        old = next((c for c in status.get("conditions") or [] if c.get("type") == cond.RECONCILE_ERROR), None)
+        text = (
+            f"reconciling this job fails: {message}; retried with backoff ({FIRST_SECONDS:g} s doubling "
+            f"to {CAP_SECONDS:g} s)"
+        )[:2048]
+        if old is not None and old.get("status") == "True" and old.get("message") == text:
+            return
+        since = old.get("lastTransitionTime") if old is not None and old.get("status") == "True" else None
+        condition = {
+            "type": cond.RECONCILE_ERROR,
+            "status": "True",
+            "reason": "ReconcileFailed",
+            "message": text,
+            "observedGeneration": _generation(body),
+            "lastTransitionTime": since or format_time(datetime.now(UTC)),
+        }
+        ns, name = key
+        rv = await self.kube.patch_job_status(
+            ns, name, {"conditions": [*others, condition]}, body["metadata"]["resourceVersion"]
+        )
+        self._written[key] = _rv(rv)
+        self._wrote_at[key] = time.monotonic()
+        if since is None:
+            ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body["metadata"]}
+            self._post(ref, "Warning", "ReconcileFailed", text)
 
     async def reconcile(self, key: JobKey) -> None:
         body = self.job_body(key)
@@ -137,8 +204,20 @@ class Operator:
         view = self._one("claim_index", (key[0], claim)) if claim else None
         claims = {claim: view} if claim and view else {}
         telemetry = self.scraper.latest(key)  # the trainers' numbers, folded into status while it runs
+        note = self.admitter.notes.get(key)
+        if note is None and job.spec is not None and not pods and job.status.state not in ENDED:
+            note = self.admitter.capacity_note(key, body)  # a gang that can never fit gets no pods at all
+        failing = self.errors.get(key)
         plan = reconcile(
-            job, pods, service_exists, datetime.now(UTC), self.admitter.notes.get(key), claims, telemetry=telemetry
+            job,
+            pods,
+            service_exists,
+            datetime.now(UTC),
+            note,
+            claims,
+            telemetry=telemetry,
+            refusal=self._refusals.get(key),
+            failure=failing.message if failing else None,
         )
         await self._apply(key, job, body, plan)
         if job.spec is not None and gated_waiting(job, pods, plan):
@@ -167,25 +246,46 @@ class Operator:
         if plan.delete_pods:
             await asyncio.gather(*(self.kube.delete_pod(ns, p) for p in plan.delete_pods))
         if plan.create:
-            results = await asyncio.gather(*(self.kube.create(m) for m in plan.create), return_exceptions=True)
-            refused = [r for r in results if isinstance(r, BaseException)]
-            if refused:
-                # A refused create (Pod Security, quota, webhook) must reach the user, not only our log.
-                message = f"the apiserver refused {len(refused)} object(s): {api_error_message(refused[0])}"
-                if self._refusals.get(key) != message:
-                    self._refusals[key] = message
-                    self._post(ref, "Warning", "FailedCreate", message)
-                raise refused[0]
-            self._refusals.pop(key, None)
-            made = sum(1 for m, ok in zip(plan.create, results, strict=True) if ok is True and m["kind"] == "Pod")
-            metrics.PODS_CREATED.inc(made)
-            if made:  # only what really was created: with a lagging cache a create can return AlreadyExists
-                message = f"created {made} pod(s) of attempt {plan.status.attempt}"
-                self._post(ref, "Normal", "CreatedPods", message)
+            wait = self.refused.wait_left(key, job.generation)
+            if wait > 0:
+                self.queue.add_after(key, wait)  # the apiserver refused this job's creates: retry with backoff
+            else:
+                await self._create(key, job, ref, plan)
         if plan.delete_job:
             await self.kube.delete_job(ns, name)
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
+
+    async def _create(self, key: JobKey, job: JobView, ref: dict[str, Any], plan: Plan) -> None:
+        assert self.kube is not None
+        results = await asyncio.gather(*(self.kube.create(m) for m in plan.create), return_exceptions=True)
+        failed = [(m, r) for m, r in zip(plan.create, results, strict=True) if isinstance(r, BaseException)]
+        made = sum(1 for m, ok in zip(plan.create, results, strict=True) if ok is True and m["kind"] == "Pod")
+        metrics.PODS_CREATED.inc(made)
+        if made:  # only what really was created: with a lagging cache a create can return AlreadyExists
+            self._post(ref, "Normal", "CreatedPods", f"created {made} pod(s) of attempt {plan.status.attempt}")
+        verdicts = [(m, r, refusal_of(r)) for m, r in failed]
+        transient = [r for _, r, verdict in verdicts if verdict is None]
+        if transient:
+            raise transient[0]  # the API is in trouble, not the job: the reconcile backs off and retries
+        if not verdicts:
+            self.refused.succeeded(key)
+            if self._refusals.pop(key, None) is not None:
+                self.queue.add(key)  # the next reconcile clears ReplicaFailure
+            return
+        # Refused (Pod Security, quota, a webhook, an invalid spec): the job's status says why, and the
+        # same create is retried only with backoff, or at once after the user changes the spec.
+        first, _, verdict = verdicts[0]
+        assert verdict is not None
+        code, text = verdict
+        more = f" (and {len(verdicts) - 1} more)" if len(verdicts) > 1 else ""
+        message = f"the apiserver refused {first['kind']} {first['metadata']['name']}{more}: {text}"[:2048]
+        refusal = CreateRefusal(classify(code, text), message)
+        entry = self.refused.failed(key, message, job.generation)
+        if self._refusals.get(key) != refusal:
+            log.warning("%s/%s: %s; retrying in %g s", *key, message, entry.delay)
+        self._refusals[key] = refusal
+        self.queue.add(key)  # the next reconcile writes the refusal into status; creates wait for the backoff
 
     def _post(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event without waiting for it: Events are best effort and go last in the API slots,
@@ -197,9 +297,14 @@ class Operator:
 
     def _forget(self, key: JobKey) -> None:
         self._refusals.pop(key, None)
+        self.errors.succeeded(key)
+        self.refused.succeeded(key)
         self._written.pop(key, None)
         self._wrote_at.pop(key, None)
         self.admitter.forget(key)
+
+
+ENDED = ("Succeeded", "Failed", "Suspended")
 
 
 def gated_waiting(job: JobView, pods: list[PodView], plan: Plan) -> bool:

@@ -327,3 +327,14 @@ def decide(
         decision.admit.append(demand.key)
         decision.placements[demand.key] = placed
     return decision
+
+
+def never_fits(nodes: Sequence[NodeView], demand: GangDemand) -> Waiting | None:
+    """The verdict for a gang before any of its pods exists: fatal when it can never fit the cluster
+    (even empty), else None (whether it fits *now* is for decide(), once its gated pods exist)."""
+    resource = demand.resource
+    if resource is None:
+        return None
+    matching = [n for n in nodes if n.allocatable.get(resource, 0) > 0 and eligible(n, demand)]
+    ready = [n.name for n in matching if n.schedulable]
+    return _can_never_fit(demand, resource, _Pool(resource, matching, ready, frozenset(ready)), nodes)

@@ -15,9 +15,16 @@ RESTARTING = "Restarting"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SUSPENDED = "Suspended"
-ORDER = (ADMITTED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
+# The apiserver refuses to create the job's pods (Pod Security, quota, a webhook, an invalid spec):
+# the name ReplicaSets use for the same news.
+REPLICA_FAILURE = "ReplicaFailure"
+# Reconciles of the job fail again and again (an operator bug or an API error); the message has the error.
+RECONCILE_ERROR = "ReconcileError"
+ORDER = (ADMITTED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED, REPLICA_FAILURE, RECONCILE_ERROR)
 # Conditions whose becoming True is bad news for the user.
-WARNINGS = {FAILED, RESTARTING}
+WARNINGS = {FAILED, RESTARTING, REPLICA_FAILURE, RECONCILE_ERROR}
+# Conditions that are left out while False and never True: absent means False.
+ONLY_WHEN_SEEN = (RESTARTING, SUSPENDED, SUCCEEDED, FAILED, REPLICA_FAILURE, RECONCILE_ERROR)
 
 
 def get(status: TrainingJobStatus, type_: str) -> Condition | None:
@@ -40,7 +47,7 @@ def set_condition(
 ) -> None:
     flag: Literal["True", "False"] = "True" if value else "False"
     old = get(status, type_)
-    if old is None and not value and type_ in (RESTARTING, SUSPENDED, SUCCEEDED, FAILED):
+    if old is None and not value and type_ in ONLY_WHEN_SEEN:
         return  # absent means False; do not clutter status with conditions that never happened
     changed_at = old.last_transition_time if old is not None and old.status == flag else format_time(now)
     new = Condition(

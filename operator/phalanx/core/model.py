@@ -9,6 +9,9 @@ from typing import Any
 from phalanx.api.models import TrainingJobSpec, TrainingJobStatus
 
 Manifest = dict[str, Any]
+# A job is reconciled at least this often while it waits on a clock (a deadline days away, a TTL): the
+# reconcile is level-based, so an early look is harmless, and the delay stays far from timer limits.
+MAX_REQUEUE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class JobView:
     status: TrainingJobStatus
     priority: int = 0  # the PriorityClass value, resolved by the caller
     deleting: bool = False  # deletionTimestamp set: garbage collection owns the pods now
+    # Status fields whose current value someone other than the operator wrote (from managedFields):
+    # "attempt" and "condition/<Type>" (the condition's status).
+    foreign_status: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -74,5 +80,5 @@ class Plan:
     requeue_after: float | None = None
 
     def requeue(self, seconds: float) -> None:
-        seconds = max(seconds, 0.5)
+        seconds = min(max(seconds, 0.5), MAX_REQUEUE_SECONDS)
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)

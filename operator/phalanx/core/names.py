@@ -10,6 +10,8 @@ LABEL_INDEX: Final = "phalanx.dev/replica-index"
 LABEL_ATTEMPT: Final = "phalanx.dev/attempt"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGER: Final = "phalanx"
+# The field manager of the operator's status writes (metadata.managedFields names who wrote each field).
+FIELD_MANAGER: Final = "phalanx-operator"
 ANNOTATION_WORLD_SIZE: Final = "phalanx.dev/world-size"
 ANNOTATION_REPLICAS: Final = "phalanx.dev/replicas"
 GANG_GATE: Final = "phalanx.dev/gang"

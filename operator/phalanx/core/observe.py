@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +15,24 @@ from phalanx.core.model import JobView, PodView
 
 
 def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 time; None when absent or unreadable (the CRD's date-time format keeps junk out of
+    status, but a reconcile must not fail on one either)."""
     if not value:
         return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def seconds_left(since: datetime, limit: float, now: datetime) -> float:
+    """Seconds until `limit` seconds after `since` have passed (negative once they have).
+
+    Elapsed time is compared with the limit instead of adding the limit to a date: any limit the CRD
+    accepts (up to int32 seconds) and any date in status then work, where `since + timedelta(limit)`
+    overflows near year 9999 or for a huge limit."""
+    return limit - (now - since).total_seconds()
 
 
 def format_time(value: datetime) -> str:
@@ -73,6 +89,29 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     )
 
 
+def foreign_status(meta: Mapping[str, Any]) -> frozenset[str]:
+    """The status fields the operator relies on whose value another field manager set (kubectl patch
+    --subresource=status, a script): "attempt" and "condition/<Type>". A writer that changes a field
+    becomes its owner in metadata.managedFields, so this names the last writer of each value."""
+    found: set[str] = set()
+    for entry in meta.get("managedFields") or []:
+        if entry.get("subresource") != "status" or entry.get("manager") == names.FIELD_MANAGER:
+            continue
+        fields = ((entry.get("fieldsV1") or {}).get("f:status")) or {}
+        if "f:attempt" in fields:
+            found.add("attempt")
+        for key, owned in (fields.get("f:conditions") or {}).items():
+            if not key.startswith("k:") or "f:status" not in (owned or {}):
+                continue
+            try:
+                type_ = json.loads(key[2:]).get("type")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(type_, str):
+                found.add(f"condition/{type_}")
+    return frozenset(found)
+
+
 def job_view(body: Mapping[str, Any], priority: int = 0) -> JobView:
     meta = body.get("metadata", {})
     spec: TrainingJobSpec | None = None
@@ -95,4 +134,5 @@ def job_view(body: Mapping[str, Any], priority: int = 0) -> JobView:
         status=status,
         priority=priority,
         deleting=bool(meta.get("deletionTimestamp")),
+        foreign_status=foreign_status(meta),
     )

@@ -78,14 +78,17 @@ def _merge_env(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list
     return [e for e in ours if e["name"] not in taken] + theirs
 
 
-def _restricted_defaults(pod_spec: dict[str, Any], container: dict[str, Any]) -> None:
-    """Pod Security `restricted` by default; anything the template sets explicitly is kept."""
+def _restricted_defaults(pod_spec: dict[str, Any]) -> None:
+    """Pod Security `restricted` by default for every container, sidecars and init containers too (one
+    without them makes the whole pod fail admission); anything the template sets explicitly is kept."""
     psc = pod_spec.setdefault("securityContext", {})
     psc.setdefault("runAsNonRoot", True)
     psc.setdefault("seccompProfile", {"type": "RuntimeDefault"})
-    csc = container.setdefault("securityContext", {})
-    csc.setdefault("allowPrivilegeEscalation", False)
-    csc.setdefault("capabilities", {"drop": ["ALL"]})
+    for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
+        csc = container.setdefault("securityContext", {})
+        if not csc.get("privileged"):  # the apiserver refuses privileged with allowPrivilegeEscalation=false
+            csc.setdefault("allowPrivilegeEscalation", False)
+        csc.setdefault("capabilities", {"drop": ["ALL"]})
 
 
 def _placement(gang: Gang, pod_spec: dict[str, Any], container: dict[str, Any]) -> None:
@@ -167,7 +170,7 @@ def build_pod(gang: Gang, index: int) -> Manifest:
     wanted = [*adapter.ports(), {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"}]
     ports.extend(p for p in wanted if p["containerPort"] not in taken_ports)
 
-    _restricted_defaults(pod_spec, container)
+    _restricted_defaults(pod_spec)
     _placement(gang, pod_spec, container)
     _volumes(gang, pod_spec, container)
     pod_spec["restartPolicy"] = "Never"  # the operator restarts whole gangs, never single ranks

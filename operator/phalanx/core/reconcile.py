@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec, TrainingJobStatus
@@ -20,8 +20,9 @@ from phalanx.core import telemetry as tm
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
 from phalanx.core.model import Event, JobView, Plan, PodView
-from phalanx.core.observe import format_time, parse_time
+from phalanx.core.observe import format_time, parse_time, seconds_left
 from phalanx.core.pods import build_pod, build_service, gated
+from phalanx.core.refusal import CreateRefusal
 from phalanx.core.storage import ClaimView
 from phalanx.core.validation import validate
 
@@ -42,8 +43,8 @@ class AdmissionNote:
 class _Step:
     """One reconcile's working state: the status being built and the plan around it."""
 
-    def __init__(self, job: JobView, now: datetime) -> None:
-        self.job, self.now = job, now
+    def __init__(self, job: JobView, now: datetime, failure: str | None = None) -> None:
+        self.job, self.now, self.failure = job, now, failure
         self.status = job.status.model_copy(deep=True)
         self.plan = Plan(status=self.status)
 
@@ -62,6 +63,7 @@ class _Step:
         return self._end(pods)
 
     def _end(self, pods: Sequence[PodView]) -> Plan:
+        self.plan.create = []  # a finished job creates nothing, whatever was planned before it ended
         self.condition(cond.RUNNING, False, "Finished", "the job has finished")
         if cond.get(self.status, cond.RESTARTING):
             self.condition(cond.RESTARTING, False, "Finished", "")
@@ -70,6 +72,8 @@ class _Step:
 
     def done(self) -> Plan:
         s = self.status
+        if self.failure is None and cond.is_true(s, cond.RECONCILE_ERROR):
+            self.condition(cond.RECONCILE_ERROR, False, "Reconciled", "the last reconcile succeeded")
         s.state = state_of(s)
         changed = s.model_dump() != self.job.status.model_dump()
         self.plan.status_changed = changed
@@ -103,6 +107,50 @@ def state_of(status: TrainingJobStatus) -> str:
     return "Starting" if status.attempt else "Pending"
 
 
+def _correct_foreign(step: _Step, pods: Sequence[PodView]) -> None:
+    """Status someone else wrote is set back to what the pods show where they contradict it, with an Event.
+
+    Only a contradiction is corrected, and only towards the pods: a foreign attempt number becomes
+    the attempt the pods carry (so no gang restarts), and a foreign Succeeded or Failed goes while
+    the pods show a gang that has not ended (so no running pod is deleted). Where no pod can tell (none
+    exist) the status stays as written: correcting it could only start pods."""
+    s, foreign = step.status, step.job.foreign_status
+    kept = [p for p in pods if not p.terminating]
+    carried = {p.attempt for p in kept}
+    if "attempt" in foreign and carried and s.attempt not in carried:
+        real = max(carried)
+        step.plan.events.append(
+            Event(
+                "Warning",
+                "StatusCorrected",
+                f"status.attempt {s.attempt} was not written by phalanx and no pod carries it; corrected to "
+                f"{real}, the attempt of the job's pods",
+            )
+        )
+        s.attempt = real
+    current = [p for p in kept if p.attempt == s.attempt]
+    alive = [p for p in current if p.phase not in TERMINAL]
+    contradicted = {
+        cond.SUCCEEDED: bool(current) and any(p.phase != "Succeeded" for p in current),
+        cond.FAILED: bool(alive) and not any(is_failure(p) for p in current),
+    }
+    for type_, wrong in contradicted.items():
+        c = cond.get(s, type_)
+        if not wrong or c is None or c.status != "True" or f"condition/{type_}" not in foreign:
+            continue
+        s.conditions = [x for x in s.conditions if x.type != type_]
+        s.completion_time = None
+        running = sum(p.phase == "Running" for p in current)
+        step.plan.events.append(
+            Event(
+                "Warning",
+                "StatusCorrected",
+                f"condition {type_}=True ({c.reason}) was not set by phalanx and the pods contradict it "
+                f"({running}/{len(current)} pods of attempt {s.attempt} running); removed",
+            )
+        )
+
+
 def finished(step: _Step, pods: Sequence[PodView]) -> Plan:
     """A finished job only cleans up its pods and, with a TTL, deletes itself."""
     policy = step.job.spec.run_policy if step.job.spec else None
@@ -117,7 +165,7 @@ def finished(step: _Step, pods: Sequence[PodView]) -> Plan:
     ttl = policy.ttl_seconds_after_finished if policy else None
     ended = parse_time(step.status.completion_time)
     if ttl is not None and ended is not None:
-        remaining = (ended + timedelta(seconds=ttl) - step.now).total_seconds()
+        remaining = seconds_left(ended, ttl, step.now)
         if remaining <= 0:
             step.plan.delete_job = True
         else:
@@ -168,12 +216,19 @@ def reconcile(
     admission: AdmissionNote | None = None,
     claims: Mapping[str, ClaimView] | None = None,
     telemetry: tm.JobTelemetry | None = None,
+    refusal: CreateRefusal | None = None,
+    failure: str | None = None,
 ) -> Plan:
-    step = _Step(job, now)
+    """One plan for the job. `admission`: why gang admission keeps it waiting (fatal: it can never fit,
+    known before any pod exists); `refusal`: the apiserver's last refusal of a create for it; `failure`:
+    the error its reconciles keep failing with, while they do (ReconcileError stays True until then)."""
+    step = _Step(job, now, failure)
     s = step.status
     if job.deleting:
         return step.plan  # garbage collection removes the pods; nothing to decide
-    if cond.is_true(job.status, cond.SUCCEEDED) or cond.is_true(job.status, cond.FAILED):
+    if job.foreign_status:
+        _correct_foreign(step, pods)
+    if cond.is_true(s, cond.SUCCEEDED) or cond.is_true(s, cond.FAILED):
         return finished(step, pods)
     if job.spec is None:
         return step.fail("InvalidSpec", job.spec_error or "spec does not parse", pods)
@@ -211,7 +266,7 @@ def reconcile(
     deadline = spec.run_policy.active_deadline_seconds
     started = parse_time(s.start_time)
     if deadline and started:
-        left = (started + timedelta(seconds=deadline) - now).total_seconds()
+        left = seconds_left(started, deadline, now)
         if left <= 0:
             return step.fail("DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds={deadline}", pods)
         step.plan.requeue(left)
@@ -277,12 +332,22 @@ def reconcile(
             if checked.waiting:
                 step.plan.requeue(1)
             return step.done()
+    try:
+        built = [build_pod(gang, i) for i in missing]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # The CRD's pod template schema keeps such templates out; one that slips through still gets a verdict.
+        return step.fail("InvalidSpec", f"spec.template cannot be made into a pod: {type(exc).__name__}: {exc}", pods)
     if not service_exists:
         step.plan.create.append(build_service(gang))
-    if missing:
-        step.plan.create += [build_pod(gang, i) for i in missing]
-    _admission(step, gang, current, missing, admission)
-    _running(step, spec, current)
+    step.plan.create += built
+    if missing and refusal is not None:
+        step.condition(cond.REPLICA_FAILURE, True, refusal.reason, refusal.message)
+    elif not missing:
+        step.condition(
+            cond.REPLICA_FAILURE, False, "PodsCreated", f"all {spec.replicas} pods of attempt {s.attempt} exist"
+        )
+    _admission(step, gang, current, missing, admission, refusal)
+    _running(step, spec, current, refusal if missing else None)
     # Telemetry seam (core/telemetry.py): while the gang runs, fold the trainers' latest numbers into
     # status.throughput and status.lastCheckpoint. Only a material change alters them (values are
     # rounded and compared with thresholds), so a scrape alone never costs a status write.
@@ -298,7 +363,12 @@ def reconcile(
 
 
 def _admission(
-    step: _Step, gang: Gang, current: Sequence[PodView], missing: Sequence[int], note: AdmissionNote | None
+    step: _Step,
+    gang: Gang,
+    current: Sequence[PodView],
+    missing: Sequence[int],
+    note: AdmissionNote | None,
+    refusal: CreateRefusal | None,
 ) -> None:
     spec = gang.spec
     if not gated(gang):
@@ -312,12 +382,14 @@ def _admission(
         step.condition(cond.ADMITTED, True, "AdmittedExternally", f"admission is left to {who}")
     elif current and not missing and not any(p.gated for p in current):
         step.condition(cond.ADMITTED, True, "GangAdmitted", f"all {len(current)} pods fit; scheduling gates lifted")
+    elif missing and refusal is not None:
+        step.condition(cond.ADMITTED, False, refusal.reason, f"the gang is incomplete: {refusal.message}")
     else:
         reason, message = (note.reason, note.message) if note else ("WaitingForAdmission", "waiting for gang admission")
         step.condition(cond.ADMITTED, False, reason, message)
 
 
-def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView]) -> None:
+def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView], refusal: CreateRefusal | None) -> None:
     s, now = step.status, step.now
     running = len(current) >= spec.replicas and all(p.phase == "Running" for p in current)
     if running:
@@ -334,18 +406,25 @@ def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView]) -> 
         return
     if any(p.phase == "Running" for p in current) and any(p.phase == "Succeeded" for p in current):
         return  # ranks are finishing one by one; keep Running as it was
-    cause = _waiting_cause(current)
+    cause = (refusal.reason, refusal.message) if refusal else _waiting_cause(current)
     reason, message = cause or (
         "Starting",
         f"{sum(p.phase == 'Running' for p in current)}/{spec.replicas} pods running",
     )
     step.condition(cond.RUNNING, False, reason, message)
-    # Startup deadline: counted from admission, so time spent queued for capacity does not count.
+    # Startup deadline: counted from admission, so time spent queued for capacity does not count; pods
+    # the apiserver refuses are never admitted, so for them it counts from the first refusal.
     limit = spec.run_policy.startup_deadline_seconds
-    admitted = cond.get(s, cond.ADMITTED)
-    since = parse_time(admitted.last_transition_time) if admitted and admitted.status == "True" else None
+    admitted, refused = cond.get(s, cond.ADMITTED), cond.get(s, cond.REPLICA_FAILURE)
+    since = (
+        parse_time(admitted.last_transition_time)
+        if admitted and admitted.status == "True"
+        else parse_time(refused.last_transition_time)
+        if refusal and refused and refused.status == "True"
+        else None
+    )
     if limit and since:
-        left = (since + timedelta(seconds=limit) - now).total_seconds()
+        left = seconds_left(since, limit, now)
         if left <= 0:
             step.fail(
                 cause[0] if cause else "StartupDeadlineExceeded",

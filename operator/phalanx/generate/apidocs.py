@@ -6,6 +6,9 @@ from typing import Any
 
 from phalanx.api.crd import crd
 
+# Nodes documented by their description alone: the pod template is Kubernetes' own PodTemplateSpec.
+SUMMARISED = {"spec.template"}
+
 
 def _rows(schema: dict[str, Any], path: str, out: list[str]) -> None:
     for name, sub in schema.get("properties", {}).items():
@@ -26,6 +29,8 @@ def _rows(schema: dict[str, Any], path: str, out: list[str]) -> None:
         out.append(f"| `{full}`{required} | {kind} | {desc} | {'; '.join(notes)} |")
         for rule in sub.get("x-kubernetes-validations", []):
             out.append(f"| | | rule: {rule['message'].replace('|', '/')} | |")
+        if full in SUMMARISED:
+            continue
         if sub.get("type") == "object" and "properties" in sub and not sub.get("x-kubernetes-preserve-unknown-fields"):
             _rows(sub, full, out)
         if sub.get("type") == "array" and "properties" in sub.get("items", {}):

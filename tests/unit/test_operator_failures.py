@@ -1,0 +1,122 @@
+"""The operator layer over fake caches and a fake API: refused creates become the job's ReplicaFailure
+and back off; transient API errors and failing reconciles back off and, repeated, set ReconcileError."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from phalanx.controller.operator import REPORT_AFTER_FAILURES, Operator
+from phalanx.core import conditions as cond
+from phalanx.core.observe import job_view
+
+KEY = ("ns", "j")
+PSA = 'pods "j-worker-0" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true'
+
+
+def refused(status: int, message: str) -> ApiException:
+    return ApiException(status=status, reason="x", body=json.dumps({"message": message}))
+
+
+class FakeKube:
+    def __init__(self, op: Operator, create_error: BaseException | None = None) -> None:
+        self.op, self.create_error = op, create_error
+        self.created: list[str] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str]] = []
+        self.delete_error: BaseException | None = None
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        if manifest["kind"] == "Pod" and self.create_error is not None:
+            raise self.create_error
+        self.created.append(manifest["metadata"]["name"])
+        return True
+
+    async def patch_job_status(self, ns: str, name: str, status: dict[str, Any], rv: str) -> str:
+        self.statuses.append(status)
+        body = self.op.indices["job_index"][KEY][0]
+        new_rv = str(int(body["metadata"]["resourceVersion"]) + 1)
+        meta = {**body["metadata"], "resourceVersion": new_rv}
+        self.op.indices["job_index"][KEY] = [{**body, "status": {**body["status"], **status}, "metadata": meta}]
+        return new_rv
+
+    async def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason))
+
+    async def delete_pod(self, ns: str, name: str) -> None:
+        if self.delete_error is not None:
+            raise self.delete_error
+
+
+def operator(create_error: BaseException | None = None) -> tuple[Operator, FakeKube]:
+    op = Operator(workers=1)
+    body = {
+        "metadata": {"name": "j", "namespace": "ns", "uid": "u", "generation": 1, "resourceVersion": "1"},
+        "spec": {"framework": "pytorch", "replicas": 2, "template": {"spec": {"containers": [{"name": "trainer"}]}}},
+        "status": {},
+    }
+    op.indices = {
+        "job_index": {KEY: [body]},
+        "pod_index": {},
+        "service_index": {KEY: [True]},
+        "claim_index": {},
+        "priority_index": {},
+        "node_index": {},
+    }
+    kube = FakeKube(op, create_error)
+    op.kube = kube  # type: ignore[assignment]
+    return op, kube
+
+
+def status(op: Operator) -> Any:
+    return job_view(op.indices["job_index"][KEY][0]).status
+
+
+def test_a_refused_create_reaches_status_and_the_retry_waits_for_the_backoff() -> None:
+    op, kube = operator(refused(403, PSA))
+
+    async def run() -> None:
+        await op.reconcile(KEY)  # creates refused: remembered, job queued again
+        assert op.refused.get(KEY) is not None and op.refused.get(KEY).count == 1  # type: ignore[union-attr]
+        await op.reconcile(KEY)  # writes ReplicaFailure; the creates wait for the backoff
+        assert op.refused.get(KEY).count == 1  # type: ignore[union-attr]
+
+    asyncio.run(run())
+    failure = cond.get(status(op), cond.REPLICA_FAILURE)
+    assert failure is not None and failure.reason == "PodSecurityViolation"
+    assert failure.message.startswith("the apiserver refused Pod j-worker-0 (and 1 more): ") and PSA in failure.message
+    assert ("Warning", "PodSecurityViolation") in kube.events
+
+
+def test_a_transient_create_error_is_a_failed_reconcile_not_a_refusal() -> None:
+    op, _ = operator(refused(503, "etcd leader changed"))
+    with pytest.raises(ApiException):
+        asyncio.run(op.reconcile(KEY))
+    assert op.refused.get(KEY) is None
+
+
+def test_repeated_reconcile_failures_set_reconcile_error_and_success_clears_it() -> None:
+    op, kube = operator()
+    boom = refused(500, "the server is on fire")
+
+    async def run() -> None:
+        for _ in range(REPORT_AFTER_FAILURES):
+            await op._failed(KEY, boom)
+        error = cond.get(status(op), cond.RECONCILE_ERROR)
+        assert error is not None and error.status == "True" and "ApiException: the server is on fire" in error.message
+        await op._failed(KEY, boom)  # the same error again: no second write
+        assert len(kube.statuses) == 1
+        await op.reconcile(KEY)  # succeeds, but the failure is still the operator's latest news
+        assert cond.is_true(status(op), cond.RECONCILE_ERROR)
+        op.errors.succeeded(KEY)
+        await op.reconcile(KEY)
+
+    asyncio.run(run())
+    error = cond.get(status(op), cond.RECONCILE_ERROR)
+    assert error is not None and (error.status, error.reason) == ("False", "Reconciled")
+    assert ("Warning", "ReconcileFailed") in kube.events
+    assert op.errors.get(KEY) is None
