@@ -238,7 +238,7 @@ def _tensorflow(spec: Mapping[str, Any], notes: list[tuple[str, str]], changes: 
     replicas_spec = spec.get("tfReplicaSpecs")
     if not isinstance(replicas_spec, dict) or not replicas_spec:
         raise CliError("spec.tfReplicaSpecs is missing: not a TFJob")
-    if _count(replicas_spec.get("PS") or {}, "PS", 0) > 0 or "PS" in replicas_spec:
+    if "PS" in replicas_spec:
         raise CliError(
             "a parameter-server TFJob (tfReplicaSpecs.PS) cannot be converted: phalanx runs TensorFlow with "
             "MultiWorkerMirroredStrategy (all-reduce, every pod a worker) or TPUStrategy, not "
@@ -287,9 +287,9 @@ def convert(manifest: Mapping[str, Any]) -> Conversion:
     if out["replicas"] < 1:
         raise CliError(f"the {kind} has no replicas: a TrainingJob needs at least one pod")
     templates = {role: _template_of(r, role) for role, r in roles.items()}
-    gpus = {role: _trainer(t, str(kind), role, notes) for role, t in templates.items()}
-    # One template for every pod: the Worker's (the many), else the Master's/Chief's.
+    # One template for every pod: the Worker's (the many), else the Master's/Chief's. Only its notes count.
     main_role = "Worker" if "Worker" in templates else next(iter(templates))
+    gpus = {role: _trainer(t, str(kind), role, notes if role == main_role else []) for role, t in templates.items()}
     for role, template in templates.items():
         if role != main_role and (_templates_differ(template, templates[main_role]) or gpus[role] != gpus[main_role]):
             notes.append(
@@ -307,6 +307,11 @@ def convert(manifest: Mapping[str, Any]) -> Conversion:
     restart = _restart_on(roles, notes)
     if restart:
         run["restartOn"] = restart
+    if any(r.get("restartPolicy") == "OnFailure" for r in roles.values()):
+        changes.append(
+            "restartPolicy OnFailure restarted a failed container in place; phalanx restarts the whole gang from "
+            "its last checkpoint on any failure (restartOn: always), up to runPolicy.backoffLimit"
+        )
     _run_policy(spec.get("runPolicy") or {}, run, scheduling, notes)
     for key in spec:
         if key not in (

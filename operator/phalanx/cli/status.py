@@ -221,7 +221,8 @@ def text(r: dict[str, Any], now: datetime) -> str:
         gpus = f", {_plural(r['gpus'], 'GPU')}" if r["gpus"] else ""
         line(
             "Job",
-            f"{r['framework']} {r['strategy']}, {_plural(r['replicas'], 'pod')} x {r['procsPerPod']} = "
+            f"{r['framework']} {r['strategy']}, {_plural(r['replicas'], 'pod')} x "
+            f"{r['procsPerPod']} {'process' if r['procsPerPod'] == 1 else 'processes'} = "
             f"world size {r['worldSize']}{gpus}, {r['ready'] or render.NONE} ready",
         )
     for label, key in (("Created", "created"), ("Started", "startTime"), ("Completed", "completionTime")):
