@@ -4,8 +4,6 @@ checks the same views against the real control plane)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +15,8 @@ from prometheus_client import generate_latest
 from phalanx.cli import logs, plot, render, status, top
 from phalanx.cli.errors import CliError
 from phalanx_trainer.metrics import TrainerMetrics
+from tests.cli.runner import cli
 
-REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -340,13 +338,6 @@ def test_ages_read_like_kubectl() -> None:
         "1d1h",
     ]
     assert render.age(None) == "-" and render.rate(1234.4) == "1234" and render.rate(61.54) == "61.5"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(REPO / "operator"), "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
-    return subprocess.run(
-        [sys.executable, "-m", "phalanx.cli", *args], capture_output=True, text=True, env=env, timeout=60
-    )
 
 
 @pytest.mark.parametrize(

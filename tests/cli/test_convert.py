@@ -4,8 +4,6 @@ the cluster test (test_cli_cluster.py) applies the same outputs to the real apis
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +12,9 @@ import yaml
 
 from phalanx.cli.convert import Conversion, convert
 from phalanx.cli.errors import CliError
+from tests.cli.runner import cli
 
 KUBEFLOW = Path(__file__).parent / "kubeflow"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -157,13 +155,6 @@ def test_bad_input_is_refused_naming_the_problem(edit: Any, message: str) -> Non
     edit(doc)
     with pytest.raises(CliError, match=message):
         convert(doc)
-
-
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(REPO / "operator"), "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
-    return subprocess.run(
-        [sys.executable, "-m", "phalanx.cli", *args], capture_output=True, text=True, env=env, input=stdin, timeout=60
-    )
 
 
 def test_cli_prints_yaml_on_stdout_and_notes_on_stderr() -> None:

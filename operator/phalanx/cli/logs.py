@@ -175,6 +175,7 @@ def follow_logs(
             raise _no_pods(job, attempt, rank)
         fresh = [p for p in pods if f"{p.name}@{p.attempt}" not in follower.started and p.phase != "Pending"]
         if fresh and following != announced:
+            follower.drain(out, 0)  # the old attempt's last lines before the marker
             out.write(f"--- attempt {following}{cause} ---\n")
             out.flush()
             announced = following

@@ -21,6 +21,7 @@ from phalanx.cli import convert, logs, plot, render, status, top
 from phalanx.cli.cluster import Cluster
 from phalanx.cli.errors import ERROR, USAGE, CliError
 from phalanx.contract import DEFAULT_METRICS_PORT
+from phalanx.controller.scraper import ENV_NETWORKS, ConfigError, ScrapeSettings
 from phalanx.core.observe import pod_view
 
 
@@ -36,10 +37,16 @@ def run_status(args: argparse.Namespace) -> int:
     port = int(((body.get("spec") or {}).get("metrics") or {}).get("port") or DEFAULT_METRICS_PORT)
     attempt = int((body.get("status") or {}).get("attempt") or 0)
     views = [pod_view(p) for p in pods]
-    readable = [(p.name, port) for p in views if p.attempt == attempt and p.phase == "Running" and p.ip]
-    metrics = cluster.trainer_metrics(ns, readable)
+    # The operator's own rule for which pod addresses may be contacted (test clusters: this machine only).
+    try:
+        allowed = ScrapeSettings.from_env({ENV_NETWORKS: os.environ.get(ENV_NETWORKS, "")})
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    live = [p for p in views if p.attempt == attempt and p.phase == "Running" and p.ip]
+    metrics = cluster.trainer_metrics(ns, [(p.name, port) for p in live if allowed.allows(p.ip or "")])
+    skipped = {p.name for p in live if not allowed.allows(p.ip or "")}
     now = datetime.now(UTC)
-    r = status.report(body, pods, cluster.events(ns, body), metrics, now)
+    r = status.report(body, pods, cluster.events(ns, body), metrics, now, skipped=skipped)
     sys.stdout.write(render.dump(r, args.output) if args.output else status.text(r, now))
     return 0
 

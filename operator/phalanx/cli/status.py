@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from phalanx.core.telemetry import global_step
 ATTEMPT_EVENTS = ("GangRestart", "Rescaling", "Resumed")
 WAITING_STATES = ("Pending", "Queued", "Starting", "Restarting", "Suspended")
 _ATTEMPT = re.compile(r"as attempt (\d+)")
+LAST_STEP_NOTE = {"unreachable": "no metrics", "unreadable": "no metrics", "skipped": "not read"}
 
 
 def _seconds_since(stamp: str | None, now: datetime) -> float | None:
@@ -118,7 +119,11 @@ def _ranks(pod: PodView, procs_per_pod: int) -> str:
 
 
 def rank_rows(
-    job: JobView, pods: Sequence[PodView], metrics: Mapping[str, str | None], wall: float
+    job: JobView,
+    pods: Sequence[PodView],
+    metrics: Mapping[str, str | None],
+    wall: float,
+    skipped: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """One row per pod of the current attempt: its ranks, phase and what its trainer reports."""
     procs = job.spec.effective_procs_per_pod() if job.spec else 1
@@ -137,7 +142,7 @@ def rank_rows(
                 "ranks": _ranks(pod, procs),
                 "phase": "Terminating" if pod.terminating else pod.phase,
                 "node": pod.node,
-                "metrics": "ok" if sample else ("unreadable" if text else "unreachable"),
+                "metrics": _metrics_state(pod, sample is not None, text, skipped),
                 "step": global_step(sample) if sample else None,
                 "samplesPerSecond": sample.samples_per_second if sample else None,
                 "lastStepSeconds": max(wall - sample.last_step_time, 0.0)
@@ -148,6 +153,18 @@ def rank_rows(
     return rows
 
 
+def _metrics_state(pod: PodView, read: bool, text: str | None, skipped: Collection[str]) -> str:
+    """ok; unreadable (an answer, not this attempt's trainer); unreachable; skipped (address outside
+    PHALANX_SCRAPE_NETWORKS); none (the pod is not running)."""
+    if read:
+        return "ok"
+    if text:
+        return "unreadable"
+    if pod.name in skipped:
+        return "skipped"
+    return "unreachable" if pod.phase == "Running" else "none"
+
+
 def report(
     body: Body,
     pod_bodies: Sequence[Body],
@@ -155,6 +172,7 @@ def report(
     metrics: Mapping[str, str | None],
     now: datetime,
     wall: float | None = None,
+    skipped: Collection[str] = (),
 ) -> dict[str, Any]:
     """The whole status report as plain data: what `-o json|yaml` prints and the text view renders."""
     job = job_view(body)
@@ -197,7 +215,7 @@ def report(
             "baselineDeclared": bool(spec and spec.metrics.baseline_samples_per_second is not None),
             "goodput": t.goodput,
         },
-        "ranks": rank_rows(job, pods, metrics, time.time() if wall is None else wall),
+        "ranks": rank_rows(job, pods, metrics, time.time() if wall is None else wall, skipped),
         "conditions": [_condition(c, now) for c in s.conditions],
     }
 
@@ -280,7 +298,7 @@ def text(r: dict[str, Any], now: datetime) -> str:
                         render.rate(x["samplesPerSecond"]),
                         f"{render.age(x['lastStepSeconds'])} ago"
                         if x["lastStepSeconds"] is not None
-                        else ("no metrics" if x["metrics"] != "ok" else render.NONE),
+                        else LAST_STEP_NOTE.get(x["metrics"], render.NONE),
                     ]
                     for x in r["ranks"]
                 ],
