@@ -73,13 +73,20 @@ def check_common(report: dict[str, Any], job: dict[str, Any]) -> None:
     ]
 
 
-def check_ranks(report: dict[str, Any], pods: list[client.V1Pod], attempt: int) -> None:
+def check_ranks(report: dict[str, Any], pods: list[client.V1Pod], attempt: int, procs: int = 1) -> None:
+    """One row per pod of `attempt`, with its global ranks (index x procs per pod ...), phase and node."""
     current = sorted(
         (p for p in pods if p.metadata.labels["phalanx.dev/attempt"] == str(attempt)), key=lambda p: p.metadata.name
     )
+    ranks = [int(p.metadata.labels["phalanx.dev/replica-index"]) * procs for p in current]
     assert [(r["pod"], r["ranks"], r["phase"], r["node"]) for r in report["ranks"]] == [
-        (p.metadata.name, p.metadata.labels["phalanx.dev/replica-index"], p.status.phase, p.spec.node_name)
-        for p in current
+        (
+            p.metadata.name,
+            str(first) if procs == 1 else f"{first}-{first + procs - 1}",
+            p.status.phase,
+            p.spec.node_name,
+        )
+        for p, first in zip(current, ranks, strict=True)
     ]
 
 
@@ -174,7 +181,8 @@ def test_waiting_job_says_why_with_the_operators_numbers(
     job = jobs.wait(
         "waiter",
         lambda j: any(
-            c["type"] == "Admitted" and c["reason"] == "InsufficientGPU" for c in j["status"].get("conditions", [])
+            c["type"] == "Admitted" and c["reason"] == "InsufficientGPU"
+            for c in (j.get("status") or {}).get("conditions", [])
         ),
         timeout=120,
         what="Admitted=False InsufficientGPU",
@@ -189,7 +197,8 @@ def test_waiting_job_says_why_with_the_operators_numbers(
     assert (w["state"], w["type"], w["status"], w["reason"]) == ("Queued", "Admitted", "False", "InsufficientGPU")
     assert w["message"] == admitted["message"] and w["since"] == admitted["lastTransitionTime"]
     assert report["throughput"] is None and report["lastCheckpoint"] is None
-    check_ranks(report, jobs.pods("waiter"), 1)
+    check_ranks(report, jobs.pods("waiter"), 1, procs=8)  # procsPerPod auto: one per GPU
+    assert [r["ranks"] for r in report["ranks"]] == ["0-7", "8-15"] and report["worldSize"] == 16
     assert {r["phase"] for r in report["ranks"]} == {"Pending"} and {r["metrics"] for r in report["ranks"]} == {"none"}
     text = kp(kubeconfig, "status", "waiter", namespace=namespace).stdout
     assert "Waiting:     Queued for " in text and f"InsufficientGPU: {admitted['message']}" in text
@@ -298,7 +307,7 @@ def test_kubeconfig_context_and_its_namespace_are_used(
     "manifest", sorted(p.name for p in KUBEFLOW.glob("*.yaml") if "parameter-server" not in p.name)
 )
 def test_converted_manifests_apply_cleanly(kubeconfig: Path, namespace: str, kubectl: Any, manifest: str) -> None:
-    res = kp(kubeconfig, "convert", str(KUBEFLOW / manifest))
+    res = cli("convert", str(KUBEFLOW / manifest))
     assert res.returncode == 0, res.stderr
     job = yaml.safe_load(res.stdout)
     job["metadata"]["namespace"] = namespace  # the examples name Kubeflow's namespace

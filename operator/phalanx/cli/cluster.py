@@ -98,7 +98,7 @@ class Cluster:
     def _missing(self, namespace: str | None, name: str | None = None) -> CliError:
         """A 404 on trainingjobs: the CRD is not installed, or the job does not exist."""
         try:
-            self._call(self.api.call_api, f"/apis/{GROUP}/{VERSION}", "GET", auth_settings=["BearerToken"])
+            self._call(self.custom.get_api_resources, GROUP, VERSION)  # 404: the API group is not served
         except ApiException:
             return CliError(
                 f"the TrainingJob CRD ({CRD_NAME}) is not installed in this cluster: "
