@@ -13,7 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(
-    *args: str, kubeconfig: Path | None = None, namespace: str | None = None, stdin: str | None = None
+    *args: str,
+    kubeconfig: Path | None = None,
+    namespace: str | None = None,
+    stdin: str | None = None,
+    networks: str = "127.0.0.0/8",
 ) -> subprocess.CompletedProcess[str]:
     extra = [*(["--kubeconfig", str(kubeconfig)] if kubeconfig else []), *(["-n", namespace] if namespace else [])]
     env = {
@@ -21,7 +25,7 @@ def cli(
         "PATH": "/usr/bin:/bin",
         "HOME": "/nonexistent",  # no ~/.kube/config to fall back on
         # The operator's rule for the test clusters: pod addresses on this machine only (kwok's are made up).
-        "PHALANX_SCRAPE_NETWORKS": "127.0.0.0/8",
+        "PHALANX_SCRAPE_NETWORKS": networks,
     }
     return subprocess.run(
         [sys.executable, "-m", "phalanx.cli", *args, *extra],

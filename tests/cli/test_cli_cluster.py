@@ -9,6 +9,7 @@ subresource, the way the operator writes it; test_cli_procnode.py covers real tr
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import yaml
 from kubernetes import client
 
 from localcluster import sim
+from phalanx_trainer.metrics import TrainerMetrics
 from tests.cli.runner import cli, parsed
 from tests.plugins.operator import GROUP, PLURAL, VERSION, JobClient, job_manifest
 
@@ -88,6 +90,43 @@ def check_ranks(report: dict[str, Any], pods: list[client.V1Pod], attempt: int, 
         )
         for p, first in zip(current, ranks, strict=True)
     ]
+
+
+def host_address() -> str:
+    """An address of this machine that is not loopback: the API server proxies to it (never to 127/8)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True)
+    found = [line.split()[3].split("/")[0] for line in out.stdout.splitlines() if len(line.split()) > 3]
+    if not found:
+        pytest.fail("this machine has no non-loopback IPv4 address for the pod-proxy test (ip -4 addr)")
+    return found[0]
+
+
+def test_rank_metrics_come_through_the_api_servers_pod_proxy(jobs: JobClient, kubeconfig: Path, namespace: str) -> None:
+    """A kwok pod whose address is this machine's, where a real trainer metrics endpoint serves: the
+    CLI reads it through the API server's pod proxy (the path it takes on every real cluster)."""
+    ip = host_address()
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        port = s.getsockname()[1]
+    m = TrainerMetrics()
+    m.set_identity(world_size=1, rank=0, attempt=1, procs_per_pod=1)
+    for _ in range(7):
+        m.observe_step(0.1, 4)
+    m.set_resumed_from(100)
+    m.serve(port, addr=ip)
+    jobs.create(job_manifest("px", replicas=1, metrics={"port": port}))
+    jobs.wait_pods("px", running(1))
+    jobs.core.patch_namespaced_pod_status("px-worker-0", namespace, [
+        {"op": "replace", "path": "/status/podIP", "value": ip},
+        {"op": "replace", "path": "/status/podIPs", "value": [{"ip": ip}]},
+    ])  # fmt: skip
+    # Outside PHALANX_SCRAPE_NETWORKS the pod is not contacted at all.
+    [row] = parsed(kp(kubeconfig, "status", "px", "-o", "json", namespace=namespace))["ranks"]
+    assert row["metrics"] == "skipped"
+    res = cli("status", "px", "-o", "json", kubeconfig=kubeconfig, namespace=namespace, networks=f"{ip}/32")
+    [row] = parsed(res)["ranks"]
+    assert (row["pod"], row["metrics"], row["step"]) == ("px-worker-0", "ok", 107)  # resumed at 100, 7 steps since
+    assert row["samplesPerSecond"] == pytest.approx(40.0) and row["lastStepSeconds"] is not None
 
 
 def test_running_job_status_top_and_plot(jobs: JobClient, kubeconfig: Path, namespace: str, tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ so the operator's readers (phalanx.core.observe) take them unchanged.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -151,23 +153,32 @@ class Cluster:
         items: list[Body] = listing.get("items") or []
         return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
-    def trainer_metrics(self, namespace: str, pods: list[tuple[str, int]]) -> dict[str, str | None]:
-        """Each pod's /metrics text through the API server's pod proxy (None: it did not answer)."""
+    def trainer_metrics(self, namespace: str, pods: list[tuple[str, str, int]]) -> dict[str, str | None]:
+        """Each pod's /metrics text, by (name, ip, port); None where it did not answer.
 
-        def read(pod: str, port: int) -> str | None:
+        Read through the API server's pod proxy, as kubectl reaches pods. The API server never proxies
+        to a loopback address (a local process node's pods have them): those, and only those, are read
+        directly, which works from the machine the pods run on.
+        """
+
+        def read(pod: str, ip: str, port: int) -> str | None:
             try:
                 response = self.core.connect_get_namespaced_pod_proxy_with_path(
                     f"{pod}:{port}", namespace, "metrics", _preload_content=False, _request_timeout=METRICS_TIMEOUT
                 )
                 return str(response.data.decode("utf-8", "replace"))
-            except (ApiException, urllib3.exceptions.HTTPError, OSError):
+            except ApiException as exc:
+                if exc.status == 400 and ipaddress.ip_address(ip).is_loopback:
+                    return _read_direct(ip, port)
+                return None
+            except (urllib3.exceptions.HTTPError, OSError):
                 return None
 
         if not pods:
             return {}
         with ThreadPoolExecutor(max_workers=min(16, len(pods))) as pool:
             texts = list(pool.map(lambda p: read(*p), pods))
-        return {name: text for (name, _), text in zip(pods, texts, strict=True)}
+        return {name: text for (name, _, _), text in zip(pods, texts, strict=True)}
 
     def log_lines(
         self, namespace: str, pod: str, follow: bool, timestamps: bool, tail: int | None = None
@@ -206,6 +217,14 @@ class Cluster:
 
     def close(self) -> None:
         self.api.close()
+
+
+def _read_direct(ip: str, port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=METRICS_TIMEOUT[1]) as response:
+            return str(response.read(1 << 20).decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        return None
 
 
 def _one_line(value: object) -> str:

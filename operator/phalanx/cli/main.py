@@ -43,7 +43,7 @@ def run_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     live = [p for p in views if p.attempt == attempt and p.phase == "Running" and p.ip]
-    metrics = cluster.trainer_metrics(ns, [(p.name, port) for p in live if allowed.allows(p.ip or "")])
+    metrics = cluster.trainer_metrics(ns, [(p.name, p.ip or "", port) for p in live if allowed.allows(p.ip or "")])
     skipped = {p.name for p in live if not allowed.allows(p.ip or "")}
     now = datetime.now(UTC)
     r = status.report(body, pods, cluster.events(ns, body), metrics, now, skipped=skipped)
