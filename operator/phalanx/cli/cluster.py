@@ -31,6 +31,7 @@ Body = dict[str, Any]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 TIMEOUT = (5.0, 30.0)  # connect, read: a dead server is reported in seconds, not minutes
 METRICS_TIMEOUT = (3.0, 5.0)
+FOLLOW_READ_TIMEOUT = 86400.0  # a quiet rank may print nothing for hours; the client takes no "never"
 
 
 def _kubeconfig_paths(explicit: str | None) -> list[Path]:
@@ -193,7 +194,7 @@ class Cluster:
                 pod,
                 namespace,
                 _preload_content=False,
-                _request_timeout=(TIMEOUT[0], None) if follow else TIMEOUT,
+                _request_timeout=(TIMEOUT[0], FOLLOW_READ_TIMEOUT) if follow else TIMEOUT,
                 **kwargs,
             )
         except ApiException as exc:

@@ -14,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TextIO
 
 from phalanx.cli.cluster import Body, Cluster
 from phalanx.cli.errors import CliError
+from phalanx.cli.status import restart_history
 from phalanx.core.model import JobView, PodView
 from phalanx.core.observe import job_view, parse_time, pod_view
 
@@ -129,6 +130,8 @@ class _Follower:
                 self.lines.put(Line(prefix, raw))
         except CliError as exc:
             self.errors.append(str(exc))
+        except Exception as exc:  # one stream's surprise must not kill the others with a thread traceback
+            self.errors.append(f"logs of pod {pod}: {type(exc).__name__}: {' '.join(str(exc).split())}")
         finally:
             self.lines.put(None)  # this stream ended
 
@@ -147,6 +150,13 @@ class _Follower:
                 out.flush()
 
 
+def _cause(cluster: Cluster, namespace: str, body: Body, attempt: int) -> str:
+    """' (GangRestart: <message>)' for the marker line of a new attempt, from the job's Events."""
+    history = restart_history(cluster.events(namespace, body), job_view(body).status, datetime.now(UTC))
+    found = next((h for h in reversed(history) if h["attempt"] == attempt), None)
+    return f" ({found['reason']}: {found['message']})" if found else ""
+
+
 def follow_logs(
     cluster: Cluster,
     namespace: str,
@@ -161,7 +171,8 @@ def follow_logs(
     """Stream the chosen attempt (default: the current one, then each next one) until the job ends."""
     read = read_job or (lambda: cluster.job(namespace, name))
     follower = _Follower(cluster, namespace, timestamps)
-    job = job_view(read())
+    body = read()
+    job = job_view(body)
     following = attempt if attempt is not None else job.status.attempt
     if attempt is not None and not 1 <= attempt <= max(job.status.attempt, 1):
         raise _no_pods(job, attempt, rank)
@@ -176,6 +187,7 @@ def follow_logs(
         fresh = [p for p in pods if f"{p.name}@{p.attempt}" not in follower.started and p.phase != "Pending"]
         if fresh and following != announced:
             follower.drain(out, 0)  # the old attempt's last lines before the marker
+            cause = cause or _cause(cluster, namespace, body, following)  # the Event may trail the status
             out.write(f"--- attempt {following}{cause} ---\n")
             out.flush()
             announced = following
@@ -183,7 +195,8 @@ def follow_logs(
             follower.start(pod, f"[{ranks_of(pod, procs)}]")
         follower.drain(out, poll)
         try:
-            job = job_view(read())
+            body = read()
+            job = job_view(body)
         except CliError as exc:
             if "not found" in str(exc):
                 follower.drain(out, 0)
@@ -191,9 +204,7 @@ def follow_logs(
             raise
         if attempt is None and job.status.attempt > following:
             following = job.status.attempt  # the gang restarted: the old streams end on their own
-            restarting = next((c for c in job.status.conditions if c.type == "Restarting"), None)
-            active = restarting is not None and restarting.status == "True"
-            cause = f" ({restarting.reason}: {restarting.message})" if restarting and active else ""
+            cause = _cause(cluster, namespace, body, following)
         over = (job.status.state or "") in TERMINAL or (attempt is not None and job.status.attempt > attempt)
         if over and follower.live == 0:
             if last_look:  # one more round picks up pods that started and ended between two polls
