@@ -97,6 +97,8 @@ def test_parse_a_real_trainer_exposition() -> None:
     assert s.step_seconds_count == 20 and s.step_seconds_sum == pytest.approx(0.2)
     assert (s.resumed_from_step, s.checkpoint_step, s.checkpoint_time) == (100, 150, 1_767_225_600.0)
     assert (s.world_size, s.procs_per_pod) == (4, 1)
+    # Per-rank views (kubectl phalanx status): the pod's own rate and when its last step ended.
+    assert s.samples_per_second == pytest.approx(32 / 0.01) and s.last_step_time > 1_700_000_000
 
 
 def test_parse_something_else_is_none() -> None:

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from phalanx.api.models import CheckpointStatus, Condition, ThroughputStatus, TrainingJobSpec, TrainingJobStatus
+from phalanx.api.models import (
+    CheckpointStatus,
+    Condition,
+    SizeThroughput,
+    ThroughputStatus,
+    TrainingJobSpec,
+    TrainingJobStatus,
+)
 from phalanx.core import telemetry as tm
 from phalanx.core.model import JobView, PodView
 from phalanx.core.observe import format_time
@@ -167,6 +174,44 @@ def test_a_job_that_started_at_two_replicas_is_measured_against_itself_at_two() 
     assert later.throughput is not None and later.throughput.scaling_efficiency == pytest.approx(0.75)
 
 
+def test_each_size_keeps_its_latest_reading_smallest_first() -> None:
+    s = tm.summarize(spec(replicas=2), status(), CREATED, telemetry(180.0, 2))
+    assert s.throughput is not None
+    assert s.throughput.sizes == [SizeThroughput(replicas=2, world_size=2, samples_per_second=180.0)]
+    s = tm.summarize(spec(replicas=4), status(2, s.throughput), CREATED, telemetry(340.0, 4, attempt=2))
+    assert s.throughput is not None
+    s = tm.summarize(spec(replicas=2), status(3, s.throughput), CREATED, telemetry(170.0, 2, attempt=3))
+    assert s.throughput is not None
+    assert [(p.replicas, p.samples_per_second) for p in s.throughput.sizes] == [(2, 170.0), (4, 340.0)]
+
+
+def test_a_new_size_is_an_event_and_its_reading_moves_like_the_rate() -> None:
+    one = [SizeThroughput(replicas=2, world_size=2, samples_per_second=180.0)]
+    base = ThroughputStatus(samples_per_second=180.0, scaling_efficiency=1.0, baseline_samples_per_second=90.0,
+                            baseline_replicas=2, sizes=one)  # fmt: skip
+    two = [*one, SizeThroughput(replicas=4, world_size=4, samples_per_second=180.0)]
+    assert tm.change(tm.Summary(base, None), tm.Summary(base.model_copy(update={"sizes": two}), None)) is Change.EVENT
+    nudged = [SizeThroughput(replicas=2, world_size=2, samples_per_second=181.0)]
+    moved = base.model_copy(update={"samples_per_second": 181.0, "sizes": nudged})
+    assert tm.change(tm.Summary(base, None), tm.Summary(moved, None)) is Change.NONE  # < 2 %: no write
+
+
+def test_sizes_are_bounded_and_the_current_one_is_kept() -> None:
+    many = [SizeThroughput(replicas=n, world_size=n, samples_per_second=10.0 * n) for n in range(1, 17)]
+    kept = tm.record_size(many, 40, 40, 400.0)
+    assert len(kept) == 16 and kept[-1].replicas == 40 and kept[0].replicas == 1
+    assert 16 not in {p.replicas for p in kept}  # the largest other size gave way
+
+
+def test_world_size_of_a_size_counts_the_processes_per_pod() -> None:
+    multi = TrainingJobSpec.model_validate(
+        {"framework": "pytorch", "replicas": 2, "resources": {"gpus": 4},
+         "template": {"spec": {"containers": [{"name": "trainer", "image": "t"}]}}}
+    )  # fmt: skip
+    s = tm.summarize(multi, status(), CREATED, telemetry(800.0, 2))
+    assert s.throughput is not None and s.throughput.sizes[0].world_size == 8
+
+
 def test_scaling_below_the_baseline_size_takes_a_new_baseline() -> None:
     at_two = ThroughputStatus(samples_per_second=180.0, baseline_samples_per_second=90.0, baseline_replicas=2)
     s = tm.summarize(spec(), status(attempt=3, throughput=at_two), CREATED, telemetry(95.0, 1, attempt=3))
@@ -311,7 +356,7 @@ def test_reconcile_folds_telemetry_into_status_once() -> None:
     assert plan.status_changed
     assert plan.status.throughput == ThroughputStatus(
         samples_per_second=500.0, scaling_efficiency=1.0, baseline_samples_per_second=500.0, baseline_replicas=1,
-        goodput=0.83,
+        goodput=0.83, sizes=[SizeThroughput(replicas=1, world_size=1, samples_per_second=500.0)],
     )  # fmt: skip
     # The same or slightly different numbers next time: nothing to write.
     again = replace(job, status=plan.status)

@@ -5,8 +5,8 @@ labels (every value is per pod; the scrape adds pod/job labels). With several pr
 only local rank 0 serves, and it reports the pod's numbers: DDP ranks run in lockstep, so the
 pod's samples are this process's samples times the local world size.
 
-Per-step cost is a few lock-protected additions in memory (no syscalls, no allocation beyond
-prometheus-client's own); throughput is an exponential moving average of per-step rates so a
+Per-step cost is a few lock-protected additions in memory and one clock read (no syscalls, no
+allocation beyond prometheus-client's own); throughput is an exponential moving average of per-step rates so a
 single slow step (a checkpoint) shows up but does not dominate.
 """
 
@@ -41,6 +41,11 @@ class TrainerMetrics:
             p + "step_duration_seconds",
             "Wall time of one training step, data loading included",
             buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.last_step_timestamp = Gauge(
+            p + "last_step_timestamp_seconds",
+            "Unix time the last training step ended (its age: a stalled rank)",
             registry=r,
         )
         self.loss = Gauge(p + "loss", "Most recently logged training loss of local rank 0", registry=r)
@@ -95,6 +100,7 @@ class TrainerMetrics:
         self.steps.inc()
         self.samples.inc(pod_samples)
         self.step_duration.observe(duration_s)
+        self.last_step_timestamp.set(time.time())
         if duration_s > 0:
             rate = pod_samples / duration_s
             ema = self._ema_rate

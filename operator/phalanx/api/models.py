@@ -387,6 +387,20 @@ class CheckpointStatus(Model):
     """When it was committed (RFC 3339)."""
 
 
+SIZES_KEPT = 16
+
+
+class SizeThroughput(Model):
+    """The throughput measured at one job size: one entry per size, the latest reading."""
+
+    replicas: int
+    """Pods (N in the efficiency)."""
+    world_size: int
+    """Training processes at that size: replicas x procsPerPod."""
+    samples_per_second: float
+    """Samples/s of the whole job at that size, as last measured."""
+
+
 class ThroughputStatus(Model):
     """A small summary of training speed; nothing per step is kept in status."""
 
@@ -400,6 +414,8 @@ class ThroughputStatus(Model):
     """World size (pods) the baseline was measured at."""
     goodput: float | None = None
     """Share of wall time spent training rather than pending, restarting or redoing lost work."""
+    sizes: Annotated[list[SizeThroughput], Field(max_length=SIZES_KEPT)] = []
+    """Samples/s at each size the job ran at, smallest first (kubectl phalanx plot draws them); at most 16."""
 
 
 class TrainingJobStatus(Model):

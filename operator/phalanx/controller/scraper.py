@@ -69,6 +69,9 @@ WANTED = {
     "phalanx_trainer_world_size": "world_size",
     "phalanx_trainer_procs_per_pod": "procs_per_pod",
     "phalanx_trainer_attempt": "attempt",
+    # Not used by the summary; read by `kubectl phalanx status` for each rank.
+    "phalanx_trainer_samples_per_second": "samples_per_second",
+    "phalanx_trainer_last_step_timestamp_seconds": "last_step_time",
 }
 REQUIRED = ("samples", "steps", "attempt")
 
@@ -197,6 +200,8 @@ def parse_exposition(text: str, at: float) -> PodSample | None:
         checkpoint_time=values.get("checkpoint_time", 0.0),
         world_size=int(values.get("world_size", 0)),
         procs_per_pod=int(values.get("procs_per_pod", 1)) or 1,
+        samples_per_second=values.get("samples_per_second"),
+        last_step_time=values.get("last_step_time", 0.0),
     )
 
 

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
 
-from phalanx.api.models import CheckpointStatus, ThroughputStatus, TrainingJobSpec, TrainingJobStatus
+from phalanx.api.models import (
+    SIZES_KEPT,
+    CheckpointStatus,
+    SizeThroughput,
+    ThroughputStatus,
+    TrainingJobSpec,
+    TrainingJobStatus,
+)
 from phalanx.core.observe import format_time, parse_time
 
 # What counts as a material change of the status summary.
@@ -53,6 +60,8 @@ class PodSample:
     checkpoint_time: float = 0.0  # unix seconds of that checkpoint; 0 when none
     world_size: int = 0  # training processes in the job, as the trainer sees it
     procs_per_pod: int = 1
+    samples_per_second: float | None = None  # the pod's own recent rate (EMA gauge), for per-rank views
+    last_step_time: float = 0.0  # unix seconds the pod's last step ended; 0 before the first
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,11 @@ class Summary:
 
 
 # --- windows -> job numbers --------------------------------------------------------------------------
+
+
+def global_step(sample: PodSample) -> int:
+    """The job's step as one pod reports it: where its attempt resumed plus the steps it has done since."""
+    return max(sample.resumed_from_step, 0) + int(sample.steps)
 
 
 def current_run(window: Sequence[PodSample]) -> list[PodSample]:
@@ -132,7 +146,7 @@ def job_telemetry(
     pods = max(reported) if reported else replicas
     rates = [r for r in (pod_rate(run) for run in runs.values()) if r is not None]
     throughput = sum(rates) / len(rates) * pods if rates else None
-    steps = [max(s.resumed_from_step, 0) + int(s.steps) for s in newest]
+    steps = [global_step(s) for s in newest]
     counted = [s for s in newest if s.step_seconds_count > 0]
     step_seconds = sum(s.step_seconds_sum / s.step_seconds_count for s in counted) / len(counted) if counted else None
     checkpoints = [s for s in newest if s.checkpoint_step >= 0 and s.checkpoint_time > 0]
@@ -188,6 +202,17 @@ def baseline(
     return old.baseline_samples_per_second, old.baseline_replicas
 
 
+def record_size(
+    sizes: Sequence[SizeThroughput], replicas: int, world_size: int, samples_per_second: float
+) -> list[SizeThroughput]:
+    """`sizes` with this size's reading replaced, smallest first; over SIZES_KEPT the largest other
+    sizes are dropped (the small ones carry the baseline, the current one is being measured)."""
+    others = [s for s in sizes if s.replicas != replicas]
+    point = SizeThroughput(replicas=replicas, world_size=world_size, samples_per_second=samples_per_second)
+    kept = sorted(others, key=lambda s: s.replicas)[: SIZES_KEPT - 1]
+    return sorted([*kept, point], key=lambda s: s.replicas)
+
+
 def summarize(spec: TrainingJobSpec, status: TrainingJobStatus, created: datetime, t: JobTelemetry) -> Summary:
     """The status summary for telemetry `t` of the job's current attempt, starting from `status`."""
     old = status.throughput or ThroughputStatus()
@@ -202,12 +227,16 @@ def summarize(spec: TrainingJobSpec, status: TrainingJobStatus, created: datetim
     if fresh and t.step is not None and t.step_seconds is not None:
         wall = (t.observed_at - created).total_seconds()
         good = round(goodput(t.step, t.step_seconds, wall), 2)
+    sizes = old.sizes
+    if rate is not None:
+        sizes = record_size(sizes, t.replicas, t.replicas * spec.effective_procs_per_pod(), rate)
     throughput = ThroughputStatus(
         samples_per_second=rate,
         scaling_efficiency=eff,
         baseline_samples_per_second=base,
         baseline_replicas=base_replicas,
         goodput=good,
+        sizes=sizes,
     )
     return Summary(throughput=throughput, last_checkpoint=newer_checkpoint(status.last_checkpoint, t))
 
@@ -233,6 +262,9 @@ def change(old: Summary, new: Summary) -> Change:
         return Change.EVENT
     a, b = old.throughput or ThroughputStatus(), new.throughput or ThroughputStatus()
     fields = ("samples_per_second", "scaling_efficiency", "baseline_samples_per_second", "goodput")
+    # A size seen for the first time is an event; its reading moves with samples_per_second (same thresholds).
+    if [s.replicas for s in a.sizes] != [s.replicas for s in b.sizes]:
+        return Change.EVENT
     if a.baseline_replicas != b.baseline_replicas or any(
         (getattr(a, f) is None) != (getattr(b, f) is None) for f in fields
     ):
