@@ -8,7 +8,7 @@ PROFILE ?= default
 export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
-.PHONY: help deps binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
+.PHONY: help deps deps-demo binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
 
 help:
 	@echo "make demo            run the main example job on a local cluster, end to end"
@@ -18,8 +18,14 @@ help:
 	@echo "make generate        regenerate the CRD, chart copies, values schema, dashboards and API docs"
 	@echo "make bench           run the benchmarks (results in bench-results/)"
 
-deps:  ## Python packages for the operator, the trainers and the tests
-	$(PYTHON) -m pip install -q -e ".[dev,torch,tensorflow]"
+# When make started: the demo prints its set-up time (packages, binaries) next to its own.
+MAKE_STARTED := $(shell date +%s)
+
+deps:  ## what make test needs (Debian and Python packages); skipped when already installed
+	@$(PYTHON) dev/prereqs.py test
+
+deps-demo:  ## what make demo needs: the operator's packages and torch
+	@$(PYTHON) dev/prereqs.py demo
 
 binaries:  ## etcd, kube-*, kubectl, kwok, helm built from the Go module proxy, cached in ~/.cache/phalanx
 	bash dev/build-binaries.sh
@@ -51,19 +57,19 @@ lint:
 	ruff format --check .
 	mypy
 
-test-unit: verify lint
+test-unit: deps verify lint
 	$(PYTHON) -m pytest -m "not cluster and not training and not e2e and not realnode" $(PYTEST_ARGS)
 
-test: binaries verify lint
+test: deps binaries verify lint
 	$(PYTHON) -m pytest -m "not realnode" $(PYTEST_ARGS)
 
 # Real containers on the real node (images built first; a cluster with the `real` profile). Not yet
 # part of `make test`: its cold cost in .ci/run is still to be measured (docs/e2e.md).
-test-realnode: binaries images
+test-realnode: deps binaries images
 	$(PYTHON) -m pytest -m realnode $(PYTEST_ARGS)
 
-demo: binaries
-	$(PYTHON) -m demo
+demo: deps-demo binaries
+	$(PYTHON) -m demo --since $(MAKE_STARTED)
 
-bench: binaries
+bench: deps binaries
 	$(PYTHON) -m bench
