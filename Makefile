@@ -8,10 +8,10 @@ PROFILE ?= default
 export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
-.PHONY: help deps deps-demo binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
+.PHONY: help deps deps-demo demo-image binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
 
 help:
-	@echo "make demo            run the main example job on a local cluster, end to end"
+	@echo "make demo            the main example job's story on a local cluster (NODE=process|real)"
 	@echo "make test            verify generated files, lint, type-check and run every test"
 	@echo "make cluster         start the local control plane (PROFILE=default|scale|real); make cluster-down stops it"
 	@echo "make images          build the operator and trainer images here (ACCELERATOR=cpu|cuda; cached)"
@@ -24,8 +24,8 @@ MAKE_STARTED := $(shell date +%s)
 deps:  ## what make test needs (Debian and Python packages); skipped when already installed
 	@$(PYTHON) dev/prereqs.py test
 
-deps-demo:  ## what make demo needs: the operator's packages and torch
-	@$(PYTHON) dev/prereqs.py demo
+deps-demo:  ## what make demo needs: the operator's packages and torch (and the real node's, NODE=real)
+	@$(PYTHON) dev/prereqs.py $(if $(filter real,$(NODE)),demo-real,demo)
 
 binaries:  ## etcd, kube-*, kubectl, kwok, helm built from the Go module proxy, cached in ~/.cache/phalanx
 	bash dev/build-binaries.sh
@@ -68,8 +68,13 @@ test: deps binaries verify lint
 test-realnode: deps binaries images
 	$(PYTHON) -m pytest -m realnode $(PYTEST_ARGS)
 
-demo: deps-demo binaries
-	$(PYTHON) -m demo --since $(MAKE_STARTED)
+# NODE=real: the pods run in real containers on the real node (builds the trainer image first).
+NODE ?= process
+demo: deps-demo binaries $(if $(filter real,$(NODE)),demo-image)
+	$(PYTHON) -m demo --node $(NODE) --since $(MAKE_STARTED)
+
+demo-image:
+	$(PYTHON) -m localcluster images --accelerator cpu --only trainer-pytorch
 
 bench: deps binaries
 	$(PYTHON) -m bench

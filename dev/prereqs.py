@@ -1,8 +1,8 @@
 """What `make demo` and `make test` need on this machine, installed when missing and skipped when present.
 
-    python3 dev/prereqs.py demo|test     (standard library only: it runs before anything is installed)
+    python3 dev/prereqs.py demo|demo-real|test     (standard library only: it runs before anything is installed)
 
-* Debian packages from dev/apt-packages.txt (all for `test`; the process node's for `demo`), through
+* Debian packages from dev/apt-packages.txt (all for `test` and `demo-real`; the process node's for `demo`), through
   apt-get when it runs as root, else one line naming what to install.
 * The Python packages of pyproject.toml with the extras the target needs, via `pip install -e`. A stamp
   keyed by pyproject.toml, the extras, the interpreter and this checkout marks a finished install, so a
@@ -29,6 +29,8 @@ CACHE = Path(os.environ.get("PHALANX_CACHE", str(Path.home() / ".cache" / "phala
 TARGETS = {
     "demo": (["torch"], ["kopf", "kubernetes", "pydantic", "prometheus_client", "yaml", "torch"],
              ["gcc", "util-linux", "openssl"]),
+    # The real node's container runtime and image tools besides: all of apt-packages.txt.
+    "demo-real": (["torch"], ["kopf", "kubernetes", "pydantic", "prometheus_client", "yaml", "torch"], None),
     "test": (["dev", "torch", "tensorflow"],
              ["kopf", "kubernetes", "pydantic", "prometheus_client", "yaml", "torch", "tensorflow", "tf_keras",
               "pytest", "mypy", "ruff", "matplotlib", "grafana_foundation_sdk"], None),

@@ -1,11 +1,9 @@
-"""`make demo`: phalanx's story on this machine in about a minute (warm): baseline, scale, kill, resume.
-
-    python -m demo [--keep] [--since EPOCH]     (PYTHONPATH with dev/, operator/, trainers/; as root)
+"""The demo's story: a local cluster, the operator, and examples/pytorch-ddp.yaml told in five steps.
 
 It starts a local control plane (dev/localcluster), applies the CRD, runs the operator
-(`python -m phalanx.controller`) and a process node (dev/procnode, which runs pods as local
-processes), creates a namespace with a checkpoint claim, and applies examples/pytorch-ddp.yaml at one
-replica with the placement the process node needs. Then, with real torch processes:
+(`python -m phalanx.controller`) and the node the pods run on (demo.nodes), creates a namespace with a
+checkpoint claim, and applies examples/pytorch-ddp.yaml at one replica with the placement that node
+needs. Then, with real torch processes:
 
 1. one replica trains until the operator has measured its throughput: the baseline X(1);
 2. `kubectl scale` to 2 replicas: the gang restarts at world size 2, resuming from the checkpoint;
@@ -15,41 +13,38 @@ replica with the placement the process node needs. Then, with real torch process
    shown by `kubectl get tj` and `kubectl phalanx status`.
 
 If the operator or the process node dies, the demo stops within a second and prints its last log lines.
---keep leaves the state dir (cluster, operator and pod logs) behind; --since is when `make demo`
-started, so the set-up time (packages, binaries) is printed too.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import localcluster
+from demo.nodes import Node, ProcessNode, RealNode, tail
 from localcluster import binaries, process
 from localcluster.testing import Kubectl
-from procnode.testing import NODE_SELECTOR, TOLERATION, NodeProcess
+from phalanx.core.names import LABEL_ATTEMPT, pod_name, selector
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "pytorch-ddp.yaml"
 CRD = REPO / "crds" / "phalanx.dev_trainingjobs.yaml"
 NAMESPACE = "phalanx-demo"
 TIMEOUT = 600.0
 SCALED_TO = 2
+# X(1) is taken once its readings over the last 6 s (three scrapes) agree within 5 %: the first ones
+# still carry the run's warm-up, and this machine's other work makes every reading wobble a little.
+BASELINE_STEADY_S, BASELINE_SPREAD = 6.0, 0.05
 # Paced so there is something to watch: a short sleep per step, a log line and a checkpoint often.
-PACING = ["--steps", "600", "--step-sleep", "0.05", "--log-every", "50", "--checkpoint-every-steps", "40"]
+PACING = ["--steps", "1000", "--step-sleep", "0.03", "--log-every", "100", "--checkpoint-every-steps", "50"]
 SHOWN = re.compile(r"^(step \d+/\d+|done step|resumed from|.*preempted at step)")
 
 
@@ -57,30 +52,28 @@ class DemoError(Exception):
     """The demo cannot go on; the message says why (with the log lines that show it)."""
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        with path.open(errors="replace") as f:
-            return "".join(deque(f, lines)).rstrip()
-    except OSError:
-        return "(no log)"
-
-
 class Demo:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, real: bool) -> None:
         self.state = state
         self.t0 = time.monotonic()
         self.kubeconfig = state / "cluster" / "kubeconfig"
         self.kubectl_exe = str(binaries.kubectl())
         self.operator: subprocess.Popen[bytes] | None = None
         self.operator_log = state / "operator.log"
-        self.node: NodeProcess | None = None
+        self.node: Node = (RealNode if real else ProcessNode)(state, self.kubeconfig)
+        self.node_started = False
         self.cluster_up = False
+        self.stage = "start"  # how far the story got: baseline, scaled, killed, resumed
         self.env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainers")]),
             "PHALANX_METRICS_PORT": "0",  # no operator metrics port: nothing to collide with
-            "PHALANX_SCRAPE_INTERVAL_SECONDS": "2",  # so throughput and efficiency fill in during a short run
+            # Throughput over the last 10 s, read every 2 s, so the numbers fill in and settle during a short
+            # run (the defaults are 15 s and a 60-s window, like Prometheus's rate(...[1m])).
+            "PHALANX_SCRAPE_INTERVAL_SECONDS": "2",
+            "PHALANX_SCRAPE_WINDOW_SECONDS": "10",
+            "PHALANX_SCRAPE_NETWORKS": self.node.scrape_networks,
         }
 
     def say(self, text: str) -> None:
@@ -99,7 +92,7 @@ class Demo:
         """`kubectl phalanx ARGS`, run as the plugin runs (python -m phalanx.cli)."""
         out = subprocess.run(
             [sys.executable, "-m", "phalanx.cli", *args, "-n", NAMESPACE],
-            env={**self.env, "PHALANX_SCRAPE_NETWORKS": "127.0.0.0/8"}, capture_output=True, text=True, timeout=60,
+            env=self.env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         return out.stdout if out.returncode == 0 else f"kubectl phalanx {' '.join(args)}: {out.stderr.strip()}\n"
 
@@ -110,17 +103,15 @@ class Demo:
                 f"the operator exited with code {self.operator.returncode}; last lines of {self.operator_log}:\n"
                 + tail(self.operator_log)
             )
-        if self.node is not None and self.node.proc.poll() is not None:
-            raise DemoError(
-                f"the process node exited with code {self.node.proc.returncode}; last lines of its log:\n"
-                + tail(self.node.log_path)
-            )
+        died = self.node.died() if self.node_started else None
+        if died:
+            raise DemoError(died)
 
     # --- setup ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.say("starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
         self.cluster_up = True
-        localcluster.up("default", self.state / "cluster", die_with_parent=True, log=lambda line: None)
+        localcluster.up(self.node.profile, self.state / "cluster", die_with_parent=True, log=lambda line: None)
         self.say(f"control plane ready; KUBECONFIG={self.kubeconfig}")
         Kubectl(self.kubeconfig).apply_crd(CRD)
         log = self.operator_log.open("ab")  # open as long as the operator runs
@@ -128,10 +119,10 @@ class Demo:
             [sys.executable, "-m", "phalanx.controller"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         self.say(f"operator started (python -m phalanx.controller, log {self.operator_log})")
-        self.node = NodeProcess(self.kubeconfig, self.state / "procnode", name="procnode", cpu="8")
-        self.node.wait_ready(self.kubectl_exe)
+        self.node_started = True
+        self.node.start(self.kubectl_exe)
         self.check_alive()
-        self.say(f"process node `procnode` Ready: pods run here as processes (logs {self.node.logs_dir})")
+        self.say(self.node.what)
 
     def apply_job(self) -> str:
         job: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
@@ -139,6 +130,7 @@ class Demo:
         claim = job["spec"]["checkpoint"]["claimName"]
         ckpt = self.state / "checkpoints"
         ckpt.mkdir(exist_ok=True)
+        self.node.share(ckpt)
         self.kubectl("create", "namespace", NAMESPACE)
         volumes = [
             {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NAMESPACE}-{claim}"},
@@ -155,25 +147,24 @@ class Demo:
         # placement that picks the process node and the demo's pacing.
         job["spec"]["replicas"] = 1
         pod_spec = job["spec"]["template"]["spec"]
-        pod_spec.setdefault("nodeSelector", {}).update(NODE_SELECTOR)
-        pod_spec.setdefault("tolerations", []).append(TOLERATION)
+        self.node.place(pod_spec)
         trainer = pod_spec["containers"][0]
         trainer["args"] = _without_flag(trainer["args"], "--steps") + PACING
         self.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(job))
         self.say(
-            f"1/5 applied {EXAMPLE.relative_to(REPO)} at replicas: 1, for the baseline (+ nodeSelector/toleration "
-            f"for the process node, demo pacing {' '.join(PACING)})"
+            f"1/5 applied {EXAMPLE.relative_to(REPO)} at replicas: 1, for the baseline (+ the placement on "
+            f"that node, demo pacing {' '.join(PACING)})"
         )
         return name
 
     # --- the story -----------------------------------------------------------------------------
     def follow(self, name: str) -> dict[str, Any]:
-        assert self.node is not None
         deadline = time.monotonic() + TIMEOUT
         last_summary = ""
         shown: dict[str, int] = {}  # log dir -> lines already printed
-        stage = "baseline"
+        self.stage = "baseline"
         scaled_at_attempt = killed_at_attempt = 0
+        readings: list[tuple[float, float]] = []  # (when, X(1) in status) at one pod
         while time.monotonic() < deadline:
             self.check_alive()
             job: dict[str, Any] = json.loads(self.kubectl("get", "tj", name, "-n", NAMESPACE, "-o", "json"))
@@ -195,17 +186,19 @@ class Demo:
                 return job
             running = s.get("state") == "Running"
             resumed = s.get("resumedFromStep")  # None until this attempt's trainers report
-            # A second checkpoint at one pod: the baseline has been measured over steady steps.
-            if stage == "baseline" and running and t.get("baselineReplicas") == 1 and ckpt.get("step", 0) >= 80:
+            if t.get("baselineSamplesPerSecond") and t.get("baselineReplicas") == 1:
+                readings.append((time.monotonic(), float(t["baselineSamplesPerSecond"])))
+            steady = _steady(readings)
+            if self.stage == "baseline" and running and t.get("baselineReplicas") == 1 and steady and ckpt.get("step"):
                 self.say(
                     f"2/5 baseline measured at 1 pod: X(1) = {t['baselineSamplesPerSecond']:g} samples/s; "
                     f"kubectl scale tj/{name} --replicas={SCALED_TO}: the gang restarts at world size {SCALED_TO} "
                     f"from checkpoint step {ckpt['step']}"
                 )
                 self.kubectl("scale", "tj", name, "-n", NAMESPACE, f"--replicas={SCALED_TO}")
-                scaled_at_attempt, stage = int(s.get("attempt", 0)), "scaled"
+                scaled_at_attempt, self.stage = int(s.get("attempt", 0)), "scaled"
             elif (
-                stage == "scaled"
+                self.stage == "scaled"
                 and running
                 and int(s.get("attempt", 0)) > scaled_at_attempt
                 and resumed is not None
@@ -213,32 +206,36 @@ class Demo:
                 and ckpt.get("step", 0) > resumed
                 and self._kill_worker(name)
             ):
-                killed_at_attempt, stage = int(s.get("attempt", 0)), "killed"
-            elif stage == "killed" and int(s.get("attempt", 0)) > killed_at_attempt and resumed is not None:
+                killed_at_attempt, self.stage = int(s.get("attempt", 0)), "killed"
+            elif self.stage == "killed" and int(s.get("attempt", 0)) > killed_at_attempt and resumed is not None:
                 self.say(f"4/5 the whole gang restarted as attempt {s.get('attempt')} and resumed from step {resumed}")
-                stage = "resumed"
+                self.stage = "resumed"
             time.sleep(0.5)
         raise DemoError(f"the job did not finish in {TIMEOUT:.0f}s; see {self.state}")
 
+    def _pods(self, name: str) -> dict[str, dict[str, Any]]:
+        out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l", selector(name), "-o", "json")
+        return {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
+
     def _show_logs(self, name: str, shown: dict[str, int]) -> None:
-        assert self.node is not None
-        for i in range(SCALED_TO):
-            for run in self.node.pod_runs(NAMESPACE, f"{name}-worker-{i}"):
-                lines = run.log().splitlines()
-                for line in lines[shown.get(run.dir.name, 0) :]:
-                    if SHOWN.match(line) and (i == 0 or not line.startswith("step ")):
-                        self.say(f"  {name}-worker-{i} (attempt {run.attempt}) | {line}")
-                shown[run.dir.name] = len(lines)
+        """New step/resume lines of rank 0, and the other ranks' resume and exit lines."""
+        for pod in self._pods(name).values():
+            run, lines = self.node.logs(pod)
+            first = pod["metadata"]["name"] == pod_name(name, 0)
+            attempt = pod["metadata"].get("labels", {}).get(LABEL_ATTEMPT, "?")
+            for line in lines[shown.get(run, 0) :]:
+                if SHOWN.match(line) and (first or not line.startswith("step ")):
+                    self.say(f"  {pod['metadata']['name']} (attempt {attempt}) | {line}")
+            shown[run] = len(lines)
 
     def _kill_worker(self, name: str) -> bool:
-        pod = json.loads(self.kubectl("get", "pod", f"{name}-worker-1", "-n", NAMESPACE, "-o", "json"))
-        statuses = pod.get("status", {}).get("containerStatuses") or []
-        if not statuses or "running" not in statuses[0].get("state", {}):
+        victim = self._pods(name).get(pod_name(name, 1))
+        statuses = (victim or {}).get("status", {}).get("containerStatuses") or []
+        if victim is None or not statuses or "running" not in statuses[0].get("state", {}):
             return False
-        pid = int(statuses[0]["containerID"].removeprefix("procnode://"))
-        os.kill(pid, signal.SIGKILL)
+        what = self.node.kill(victim)
         self.say(
-            f"3/5 SIGKILL to {name}-worker-1's trainer (pid {pid}): a rank is lost, "
+            f"3/5 SIGKILL to {pod_name(name, 1)}'s trainer ({what}): a rank is lost, "
             "so the whole gang restarts and resumes from the last checkpoint"
         )
         return True
@@ -249,6 +246,9 @@ class Demo:
         if s.get("state") != "Succeeded":
             reasons = "; ".join(f"{c.get('type')}: {c.get('message')}" for c in s.get("conditions") or [])
             raise DemoError(f"{name} ended {s.get('state')}: {reasons}")
+        if self.stage != "resumed":
+            raise DemoError(f"{name} finished before the story was told (it got as far as: {self.stage}); "
+                            "this machine trained faster or slower than the demo's pacing assumes")  # fmt: skip
         self.say(
             f"5/5 {name} Succeeded after one rescale and {s.get('restarts', 0)} failure restart(s); "
             f"scaling efficiency {t.get('scalingEfficiency')} at {SCALED_TO} pods against the 1-pod baseline, "
@@ -262,13 +262,21 @@ class Demo:
 
     # --- teardown ------------------------------------------------------------------------------
     def stop(self) -> None:
-        if self.node is not None:
+        if self.node_started:
             self.node.stop()
         if self.operator is not None and self.operator.poll() is None:
             process.end(self.operator, grace=15)
         if self.cluster_up:
             localcluster.down(self.state / "cluster", log=lambda line: None)
-        self.say("stopped the process node, the operator and the control plane")
+        self.say("stopped the operator, the node and the control plane")
+
+
+def _steady(readings: list[tuple[float, float]]) -> bool:
+    """Whether the readings (oldest first) cover the last BASELINE_STEADY_S and agree within BASELINE_SPREAD."""
+    if not readings or readings[-1][0] - readings[0][0] < BASELINE_STEADY_S:
+        return False
+    recent = [v for at, v in readings if at >= readings[-1][0] - BASELINE_STEADY_S]
+    return max(recent) <= min(recent) * (1 + BASELINE_SPREAD)
 
 
 def _without_flag(args: list[str], flag: str) -> list[str]:
@@ -283,47 +291,3 @@ def _without_flag(args: list[str], flag: str) -> list[str]:
         else:
             out.append(a)
     return out
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--keep", action="store_true", help="keep the state dir (cluster, operator and pod logs)")
-    p.add_argument("--since", type=float, help="unix time `make demo` started: the set-up time is printed too")
-    args = p.parse_args(argv)
-    if os.geteuid() != 0:
-        print("demo: the process node needs root (a mount namespace per pod); run `sudo make demo`", file=sys.stderr)
-        return 1
-    setup = time.time() - args.since if args.since else None
-    state = Path(tempfile.mkdtemp(prefix="phalanx-demo-"))
-    demo = Demo(state)
-    signal.signal(signal.SIGTERM, _interrupt)
-    ok = False
-    try:
-        demo.start()
-        name = demo.apply_job()
-        ok = demo.finish(name, demo.follow(name))
-    except KeyboardInterrupt:
-        demo.say("interrupted; cleaning up")
-    except (DemoError, RuntimeError, OSError, subprocess.SubprocessError) as e:
-        demo.say(f"demo failed: {e}")
-    finally:
-        demo.stop()
-        if ok and not args.keep:
-            shutil.rmtree(state, ignore_errors=True)
-        else:
-            demo.say(f"state kept in {state}: cluster/logs, operator.log, procnode/logs")
-    took = time.monotonic() - demo.t0
-    print(
-        f"\ndemo {'passed' if ok else 'FAILED'}: {took:.0f} s"
-        + (f", after {setup:.0f} s of set-up (packages, binaries)" if setup is not None else ""),
-        flush=True,
-    )
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
