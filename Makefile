@@ -8,18 +8,24 @@ PROFILE ?= default
 export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
-.PHONY: help deps binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
+.PHONY: help deps deps-demo demo-image binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
 
 help:
-	@echo "make demo            run the main example job on a local cluster, end to end"
+	@echo "make demo            the main example job's story on a local cluster (NODE=process|real)"
 	@echo "make test            verify generated files, lint, type-check and run every test"
 	@echo "make cluster         start the local control plane (PROFILE=default|scale|real); make cluster-down stops it"
 	@echo "make images          build the operator and trainer images here (ACCELERATOR=cpu|cuda; cached)"
 	@echo "make generate        regenerate the CRD, chart copies, values schema, dashboards and API docs"
 	@echo "make bench           run the benchmarks (results in bench-results/)"
 
-deps:  ## Python packages for the operator, the trainers and the tests
-	$(PYTHON) -m pip install -q -e ".[dev,torch,tensorflow]"
+# When make started: the demo prints its set-up time (packages, binaries) next to its own.
+MAKE_STARTED := $(shell date +%s)
+
+deps:  ## what make test needs (Debian and Python packages); skipped when already installed
+	@$(PYTHON) dev/prereqs.py test
+
+deps-demo:  ## what make demo needs: the operator's packages and torch (and the real node's, NODE=real)
+	@$(PYTHON) dev/prereqs.py $(if $(filter real,$(NODE)),demo-real,demo)
 
 binaries:  ## etcd, kube-*, kubectl, kwok, helm built from the Go module proxy, cached in ~/.cache/phalanx
 	bash dev/build-binaries.sh
@@ -51,19 +57,24 @@ lint:
 	ruff format --check .
 	mypy
 
-test-unit: verify lint
+test-unit: deps verify lint
 	$(PYTHON) -m pytest -m "not cluster and not training and not e2e and not realnode" $(PYTEST_ARGS)
 
-test: binaries verify lint
+test: deps binaries verify lint
 	$(PYTHON) -m pytest -m "not realnode" $(PYTEST_ARGS)
 
 # Real containers on the real node (images built first; a cluster with the `real` profile). Not yet
 # part of `make test`: its cold cost in .ci/run is still to be measured (docs/e2e.md).
-test-realnode: binaries images
+test-realnode: deps binaries images
 	$(PYTHON) -m pytest -m realnode $(PYTEST_ARGS)
 
-demo: binaries
-	$(PYTHON) -m demo
+# NODE=real: the pods run in real containers on the real node (builds the trainer image first).
+NODE ?= process
+demo: deps-demo binaries $(if $(filter real,$(NODE)),demo-image)
+	$(PYTHON) -m demo --node $(NODE) --since $(MAKE_STARTED)
 
-bench: binaries
+demo-image:
+	$(PYTHON) -m localcluster images --accelerator cpu --only trainer-pytorch
+
+bench: deps binaries
 	$(PYTHON) -m bench

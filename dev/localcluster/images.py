@@ -7,7 +7,8 @@ requirements, the sources it copies, the base, the build arguments); an image wh
 is not rebuilt.
 
 A network that intercepts TLS needs its CA for pip. The host's CA bundle is mounted into the build's
-RUN steps only (`buildah bud -v`), never copied into a layer; tests/images checks that.
+RUN steps only (`buildah bud -v`: a bind mount, which buildah keeps out of the layers), and no
+Dockerfile COPYs or ADDs it.
 """
 
 from __future__ import annotations

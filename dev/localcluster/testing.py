@@ -63,3 +63,15 @@ class Kubectl:
             check=check,
             timeout=timeout,
         )
+
+    def apply_crd(self, path: Path, timeout: float = 60.0) -> None:
+        """Server-side apply the CRD(s) in `path` and wait until each is Established. Not `kubectl wait`:
+        it fails at once while a new CRD has no status.conditions yet."""
+        out = self("apply", "--server-side", "--force-conflicts", "-f", str(path), "-o", "name")
+        names = out.stdout.split()
+        established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+
+        def ready() -> bool | None:
+            return all(self("get", n, "-o", established, check=False).stdout.strip() == "True" for n in names) or None
+
+        wait_for(ready, timeout=timeout, what=f"{' '.join(names)} Established")

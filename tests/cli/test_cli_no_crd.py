@@ -33,5 +33,4 @@ def test_missing_crd_is_one_line_for_every_subcommand(
             res = cli(*args, kubeconfig=kubeconfig, namespace="default")
             assert (res.returncode, res.stdout, res.stderr) == (1, "", MISSING), args
     finally:
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-        kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.phalanx.dev")
+        kubectl.apply_crd(crd)

@@ -23,7 +23,7 @@ import yaml
 from kubernetes import client
 
 from localcluster import process
-from localcluster.testing import wait_for
+from localcluster.testing import Kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 # kwok gives simulated pods made-up private addresses: every operator the tests start (in process or as a
@@ -34,16 +34,8 @@ GROUP, VERSION, PLURAL = "phalanx.dev", "v1alpha1", "trainingjobs"
 
 
 @pytest.fixture(scope="session")
-def crd(kubectl: Any, kubeconfig: Path) -> Path:
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-
-    def established() -> bool | None:
-        # Not `kubectl wait`: it fails at once while the new CRD has no status.conditions yet.
-        path = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-        out = kubectl("get", "crd/trainingjobs.phalanx.dev", "-o", path, check=False)
-        return out.stdout.strip() == "True" or None
-
-    wait_for(established, timeout=60, what="the TrainingJob CRD Established")
+def crd(kubectl: Kubectl, kubeconfig: Path) -> Path:
+    kubectl.apply_crd(CRD)
     os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf's login and the operator's client read it
     return CRD
 

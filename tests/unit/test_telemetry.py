@@ -76,6 +76,14 @@ def test_pod_rate_needs_two_samples() -> None:
     assert tm.pod_rate([sample(0, 100)]) is None
 
 
+def test_pod_rate_starts_when_the_first_sample_is_counted() -> None:
+    # 30 s of import and rendezvous at 0 samples, then 50/s: the start-up is not throughput.
+    window = [sample(0, 0), sample(10, 0), sample(20, 0), sample(30, 0), sample(40, 500), sample(50, 1000)]
+    assert tm.pod_rate(window) == pytest.approx(50.0)
+    assert tm.pod_rate(window[:4]) is None  # nothing counted yet: no rate, not a rate of 0
+    assert tm.pod_rate([sample(0, 100), sample(10, 100)]) == 0.0  # counted before and then stalled: 0
+
+
 def test_restart_in_the_middle_of_a_window_counts_only_the_new_run() -> None:
     # attempt 1 ran at 50/s, then the gang restarted: the counter starts over in attempt 2 at 20/s.
     window = [sample(0, 0), sample(10, 500), sample(20, 40, attempt=2), sample(30, 240, attempt=2)]

@@ -1,13 +1,22 @@
-"""`python -m phalanx.controller`: run the operator for all namespaces (or PHALANX_NAMESPACE)."""
+"""`python -m phalanx.controller`: run the operator for all namespaces (or PHALANX_WATCH_NAMESPACE)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 from kopf.cli import main
 
+from phalanx.controller.config import ConfigError
+
 if __name__ == "__main__":
+    try:
+        # Reads and checks every setting; kopf's `-m` below then finds the module already loaded.
+        importlib.import_module("phalanx.controller.main")
+    except ConfigError as e:
+        print(f"phalanx operator: bad setting: {e}", file=sys.stderr)
+        sys.exit(2)
     namespace = os.environ.get("PHALANX_WATCH_NAMESPACE")
     scope = ["--namespace", namespace] if namespace else ["--all-namespaces"]
     sys.argv = ["kopf", "run", "--standalone", *scope, "-m", "phalanx.controller.main", *sys.argv[1:]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -48,9 +47,10 @@ def _rv(value: str | None) -> int:
 
 
 class Operator:
-    def __init__(self, workers: int = 8) -> None:
+    def __init__(self, workers: int = 8, api_concurrency: int = 16) -> None:
         self.queue = WorkQueue()
         self.workers = workers
+        self.api_concurrency = api_concurrency
         self.kube: Kube | None = None
         self.indices: Mapping[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -71,8 +71,7 @@ class Operator:
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.indices = indices
-        # Client-side concurrency of API calls (the python client has no QPS limiter of its own).
-        self.kube = Kube(concurrency=int(os.environ.get("PHALANX_API_CONCURRENCY", "16")))
+        self.kube = Kube(concurrency=self.api_concurrency)
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(asyncio.create_task(self.admitter.run()))
         self._tasks.append(asyncio.create_task(self.scraper.run()))

@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from phalanx.controller import metrics
 from phalanx.controller.caches import JobKey
+from phalanx.controller.config import ConfigError, env_int, env_number
 from phalanx.core import telemetry
 from phalanx.core.model import PodView
 from phalanx.core.observe import job_view
@@ -74,23 +75,6 @@ WANTED = {
     "phalanx_trainer_last_step_timestamp_seconds": "last_step_time",
 }
 REQUIRED = ("samples", "steps", "attempt")
-
-
-class ConfigError(ValueError):
-    """The telemetry settings are wrong; the operator refuses to start."""
-
-
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={raw} is outside {low:g}..{high:g}")
-    return value
 
 
 ENV_NETWORKS = "PHALANX_SCRAPE_NETWORKS"
@@ -133,16 +117,16 @@ class ScrapeSettings:
                 f"{ENV_PROMETHEUS_URL} is set, but the operator never queries Prometheus: it scrapes the trainer "
                 f"pods' metrics endpoints itself ({ENV_SOURCE}=scrape|off). Unset {ENV_PROMETHEUS_URL}."
             )
-        interval = _number(env, "PHALANX_SCRAPE_INTERVAL_SECONDS", cls.interval_s, 1, 3600)
-        window = _number(env, "PHALANX_SCRAPE_WINDOW_SECONDS", max(cls.window_s, 2 * interval), 2 * interval, 86400)
+        interval = env_number(env, "PHALANX_SCRAPE_INTERVAL_SECONDS", cls.interval_s, 1, 3600)
+        window = env_number(env, "PHALANX_SCRAPE_WINDOW_SECONDS", max(cls.window_s, 2 * interval), 2 * interval, 86400)
         return cls(
             source=source,
             interval_s=interval,
             window_s=window,
-            timeout_s=_number(env, "PHALANX_SCRAPE_TIMEOUT_SECONDS", cls.timeout_s, 0.1, 60),
-            concurrency=int(_number(env, "PHALANX_SCRAPE_CONCURRENCY", cls.concurrency, 1, 1024)),
-            max_pods_per_job=int(_number(env, "PHALANX_SCRAPE_MAX_PODS_PER_JOB", cls.max_pods_per_job, 1, 10000)),
-            min_update_s=_number(env, "PHALANX_TELEMETRY_MIN_UPDATE_SECONDS", cls.min_update_s, 0, 86400),
+            timeout_s=env_number(env, "PHALANX_SCRAPE_TIMEOUT_SECONDS", cls.timeout_s, 0.1, 60),
+            concurrency=env_int(env, "PHALANX_SCRAPE_CONCURRENCY", cls.concurrency, 1, 1024),
+            max_pods_per_job=env_int(env, "PHALANX_SCRAPE_MAX_PODS_PER_JOB", cls.max_pods_per_job, 1, 10000),
+            min_update_s=env_number(env, "PHALANX_TELEMETRY_MIN_UPDATE_SECONDS", cls.min_update_s, 0, 86400),
             networks=_networks(env.get(ENV_NETWORKS, "")),
         )
 

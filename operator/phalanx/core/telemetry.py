@@ -117,9 +117,15 @@ def current_run(window: Sequence[PodSample]) -> list[PodSample]:
 
 
 def pod_rate(window: Sequence[PodSample]) -> float | None:
-    """samples/s of one pod over its current run within the window; None with fewer than two samples."""
+    """samples/s of one pod over its current run within the window; None with fewer than two samples.
+
+    The run's rate starts at its last sample before the first sample was counted: the seconds spent
+    importing the framework and joining the rendezvous are start-up, not throughput (counting them
+    made a short run's X(1) baseline, and so every efficiency, wrong by tens of percent)."""
     run = current_run(window)
-    if len(run) < 2:
+    while len(run) > 1 and run[1].samples == 0:
+        run = run[1:]
+    if len(run) < 2 or run[-1].samples == 0:
         return None
     first, last = run[0], run[-1]
     elapsed = last.at - first.at
