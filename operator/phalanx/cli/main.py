@@ -21,7 +21,8 @@ from phalanx.cli import convert, logs, plot, render, status, top
 from phalanx.cli.cluster import Cluster
 from phalanx.cli.errors import ERROR, USAGE, CliError
 from phalanx.contract import DEFAULT_METRICS_PORT
-from phalanx.controller.scraper import ENV_NETWORKS, ConfigError, ScrapeSettings
+from phalanx.controller.config import ConfigError
+from phalanx.controller.scraper import ENV_NETWORKS, ScrapeSettings
 from phalanx.core.observe import pod_view
 
 
