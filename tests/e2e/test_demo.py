@@ -55,5 +55,5 @@ def test_demo_stops_at_once_when_the_operator_dies() -> None:
     assert res.returncode == 1
     assert "the operator exited with code 2" in res.stdout, res.stdout
     assert "phalanx operator: bad setting: PHALANX_WORKERS=0 is outside 1..1024" in res.stdout, res.stdout
-    assert "1/5" not in res.stdout  # it never waited on a job
+    assert "2/5" not in res.stdout  # it stopped there, instead of waiting for the job
     assert "demo FAILED" in res.stdout
