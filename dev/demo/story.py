@@ -109,7 +109,11 @@ class Demo:
 
     # --- setup ---------------------------------------------------------------------------------
     def start(self) -> None:
-        self.say("starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
+        self.say(
+            "starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
+            + (" and the real node (containerd, kubelet; a new trainer image takes minutes to load)"
+               if self.node.profile == "real" else "")
+        )  # fmt: skip
         self.cluster_up = True
         localcluster.up(self.node.profile, self.state / "cluster", die_with_parent=True, log=lambda line: None)
         self.say(f"control plane ready; KUBECONFIG={self.kubeconfig}")
