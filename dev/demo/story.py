@@ -32,7 +32,7 @@ import localcluster
 from demo.nodes import Node, ProcessNode, RealNode, tail
 from localcluster import binaries, process
 from localcluster.testing import Kubectl
-from phalanx.core.names import LABEL_ATTEMPT, pod_name, selector
+from phalanx.core.names import LABEL_ATTEMPT, LABEL_INDEX, selector
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "pytorch-ddp.yaml"
@@ -217,29 +217,35 @@ class Demo:
             time.sleep(0.5)
         raise DemoError(f"the job did not finish in {TIMEOUT:.0f}s; see {self.state}")
 
-    def _pods(self, name: str) -> dict[str, dict[str, Any]]:
+    def _ranks(self, name: str) -> dict[int, dict[str, Any]]:
+        """rank index -> its pod of the newest attempt (an old attempt's pod may still be going)."""
         out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l", selector(name), "-o", "json")
-        return {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
+        ranks: dict[int, dict[str, Any]] = {}
+        for pod in json.loads(out)["items"]:
+            labels = pod["metadata"].get("labels", {})
+            index, attempt = int(labels.get(LABEL_INDEX, -1)), int(labels.get(LABEL_ATTEMPT, 0))
+            if index not in ranks or attempt > int(ranks[index]["metadata"]["labels"].get(LABEL_ATTEMPT, 0)):
+                ranks[index] = pod
+        return ranks
 
     def _show_logs(self, name: str, shown: dict[str, int]) -> None:
         """New step/resume lines of rank 0, and the other ranks' resume and exit lines."""
-        for pod in self._pods(name).values():
+        for index, pod in sorted(self._ranks(name).items()):
             run, lines = self.node.logs(pod)
-            first = pod["metadata"]["name"] == pod_name(name, 0)
-            attempt = pod["metadata"].get("labels", {}).get(LABEL_ATTEMPT, "?")
+            attempt = pod["metadata"]["labels"].get(LABEL_ATTEMPT, "?")
             for line in lines[shown.get(run, 0) :]:
-                if SHOWN.match(line) and (first or not line.startswith("step ")):
-                    self.say(f"  {pod['metadata']['name']} (attempt {attempt}) | {line}")
+                if SHOWN.match(line) and (index == 0 or not line.startswith("step ")):
+                    self.say(f"  rank {index}, {pod['metadata']['name']} (attempt {attempt}) | {line}")
             shown[run] = len(lines)
 
     def _kill_worker(self, name: str) -> bool:
-        victim = self._pods(name).get(pod_name(name, 1))
+        victim = self._ranks(name).get(1)
         statuses = (victim or {}).get("status", {}).get("containerStatuses") or []
         if victim is None or not statuses or "running" not in statuses[0].get("state", {}):
             return False
         what = self.node.kill(victim)
         self.say(
-            f"3/5 SIGKILL to {pod_name(name, 1)}'s trainer ({what}): a rank is lost, "
+            f"3/5 SIGKILL to rank 1's trainer in {victim['metadata']['name']} ({what}): a rank is lost, "
             "so the whole gang restarts and resumes from the last checkpoint"
         )
         return True

@@ -44,7 +44,7 @@ def test_demo_tells_the_story() -> None:
     assert final and float(final.group(1)) > 0 and 0 < float(final.group(2)) <= 1, out
     # kubectl get tj and kubectl phalanx status show the same job.
     assert re.search(r"^mnist-ddp\s+Succeeded\s+pytorch\s+0/2\s+0\s+1\s+" + re.escape(final.group(1)), out, re.M), out
-    assert re.search(r"^\s+3\s+GangRestart\s+.*mnist-ddp-worker-1 exited with code 137", out, re.M), out
+    assert re.search(r"^\s+3\s+GangRestart\s+.*pod mnist-ddp-\S*worker-1 exited with code 137", out, re.M), out
     assert re.search(r"^\s+2\s+Rescaling\s+.*replicas 1 -> 2", out, re.M), out
     assert "demo passed" in out
 
