@@ -15,11 +15,13 @@ from phalanx.controller import caches, metrics
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
-from phalanx.controller.kube import Conflict, Kube, api_error_message, refusal_of
+from phalanx.controller.election import Elector, settings_from_env
+from phalanx.controller.kube import Conflict, Kube, NotLeading, api_error_message, refusal_of
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
 from phalanx.core.gang import Gang
+from phalanx.core.lease import LeaseSettings
 from phalanx.core.model import JobView, Plan, PodView
 from phalanx.core.observe import format_time, job_view
 from phalanx.core.pods import gated
@@ -48,8 +50,12 @@ def _rv(value: str | None) -> int:
 
 
 class Operator:
-    def __init__(self, workers: int = 8) -> None:
+    def __init__(self, workers: int = 8, election: LeaseSettings | None = None) -> None:
         self.queue = WorkQueue()
+        # Leader election (controller/election.py); read here so that bad settings stop the operator at once.
+        self.election = election if election is not None else settings_from_env()
+        self.elector: Elector | None = None
+        self._warm: asyncio.Event | None = None  # set once kopf has filled every cache
         self.workers = workers
         self.kube: Kube | None = None
         self.indices: Mapping[str, Any] = {}
@@ -73,17 +79,43 @@ class Operator:
         self.indices = indices
         # Client-side concurrency of API calls (the python client has no QPS limiter of its own).
         self.kube = Kube(concurrency=int(os.environ.get("PHALANX_API_CONCURRENCY", "16")))
+        self._warm = asyncio.Event()
+        if self.election.enabled:
+            self.elector = Elector(self.kube, self.election, self._started_leading)
+            self.kube.may_write = lambda: self.elector is not None and self.elector.leading
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(asyncio.create_task(self.admitter.run()))
         self._tasks.append(asyncio.create_task(self.scraper.run()))
         self._tasks.append(asyncio.create_task(metrics.refresh_forever(self._job_bodies, lambda: len(self.queue))))
+        if self.elector is not None:
+            self._tasks.append(asyncio.create_task(self.elector.run(self._warm)))
+        else:
+            metrics.LEADER.set(1)
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.elector is not None:
+            await self.elector.release()  # after the workers stopped: nothing of ours acts past it
         if self.kube:
             self.kube.close()
+
+    # --- leadership ------------------------------------------------------------------------------
+    @property
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading
+
+    def caches_warm(self) -> None:
+        """kopf calls event handlers only once every index is filled: the first call says so."""
+        if self._warm is not None:
+            self._warm.set()
+
+    def _started_leading(self) -> None:
+        """Act at once: every job is reconciled from the warm caches, and admission decides."""
+        for key in list(self.indices.get("job_index", {})):
+            self.enqueue(key)
+        self.admitter.wake()
 
     # --- cache reads -----------------------------------------------------------------------------
     def _one(self, index: str, key: object) -> Any | None:
@@ -123,11 +155,15 @@ class Operator:
             key: JobKey = await self.queue.get()  # type: ignore[assignment]
             started = time.monotonic()
             try:
+                if not self.leading:
+                    continue  # a standby only keeps its caches; it queues every job when it leads
                 wait = self.errors.wait_left(key, _generation(self.job_body(key)))
                 if wait > 0:
                     self.queue.add_after(key, wait)  # failing: events do not shorten its backoff
                     continue
                 await self.reconcile(key)
+            except NotLeading:
+                pass  # leadership lapsed mid-reconcile: the next leader reconciles this job afresh
             except Exception as exc:  # one bad job never stops the others
                 metrics.RECONCILE_ERRORS.labels(reason=type(exc).__name__).inc()
                 await self._failed(key, exc)
@@ -244,7 +280,7 @@ class Operator:
         for e in plan.events:
             self._post(ref, e.type, e.reason, e.message)
         if plan.delete_pods:
-            await asyncio.gather(*(self.kube.delete_pod(ns, p) for p in plan.delete_pods))
+            await asyncio.gather(*(self.kube.delete_pod(ns, p.name, p.uid) for p in plan.delete_pods))
         if plan.create:
             wait = self.refused.wait_left(key, job.generation)
             if wait > 0:
