@@ -138,7 +138,8 @@ class Demo:
             if summary != last_summary:
                 self.say(summary)
                 last_summary = summary
-            for run in self.node.pod_runs(NAMESPACE, f"{name}-worker-0"):
+            attempts = range(1, int(s.get("attempt") or 1) + 1)  # rank 0's pod has a name per attempt
+            for run in (r for a in attempts for r in self.node.pod_runs(NAMESPACE, f"{name}-a{a}-worker-0")):
                 lines = run.log().splitlines()
                 for line in lines[shown.get(run.dir.name, 0) :]:
                     if SHOWN.match(line):
@@ -152,7 +153,7 @@ class Demo:
         raise TimeoutError(f"the job did not finish in {TIMEOUT:.0f}s; see {self.state}")
 
     def _kill_worker(self, name: str) -> bool:
-        pod = json.loads(self.kubectl("get", "pod", f"{name}-worker-1", "-n", NAMESPACE, "-o", "json"))
+        pod = json.loads(self.kubectl("get", "pod", f"{name}-a1-worker-1", "-n", NAMESPACE, "-o", "json"))
         statuses = pod.get("status", {}).get("containerStatuses") or []
         if not statuses or "running" not in statuses[0].get("state", {}):
             return False
