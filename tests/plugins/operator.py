@@ -93,7 +93,7 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log
-        full_env = {
+        self.env = full_env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "PHALANX_METRICS_PORT": "0",
@@ -109,6 +109,9 @@ class OperatorProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def terminate(self) -> None:
         """SIGTERM, as the kubelet sends on a pod's deletion: kopf shuts down and the lease is released."""
