@@ -195,7 +195,9 @@ def wait_settled(jobs: JobClient, plan: dict[str, str], timeout: float) -> None:
                 if name in states or name in with_pods:
                     left.append(f"{name} (deleted): still there")
             elif name not in states or states[name].get("state") != want.state:
-                left.append(f"{name} ({kind}): {states.get(name, {}).get('state')}")
+                why = [f"{c['type']}={c['status']} {c['reason']}: {c.get('message', '')[:120]}"
+                       for c in states.get(name, {}).get("conditions") or [] if c["status"] != "True"]  # fmt: skip
+                left.append(f"{name} ({kind}): {states.get(name, {}).get('state')} {why[:2]}")
             elif want.state == "Running" and states[name].get("attempt") != want.attempt:
                 left.append(f"{name} ({kind}): attempt {states[name].get('attempt')}")
         if not left:

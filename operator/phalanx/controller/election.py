@@ -135,13 +135,17 @@ class Elector:
                 self._renewed = None  # taken over (our lease ran out): stop acting now
             return
         assert decision.record is not None
-        before = self.clock()
+        before, last = self.clock(), self._renewed
         try:
             new_rv = await self.kube.write_lease(s.namespace, s.name, to_spec(decision.record), rv)
         except Conflict:
             return  # someone wrote first: judge again from a fresh read next period
         self._renewed = before
         self._seen, self._seen_since = (new_rv, decision.record), before
+        if not lease.leading(last, self.clock(), s):
+            # Not leading for a moment (a slow renew under load), even if no one saw it: whatever the
+            # workers and the admitter dropped meanwhile is redone, as after any acquisition.
+            self._was_leading = False
         self._transition()
 
     async def release(self) -> None:

@@ -58,13 +58,14 @@ class Kube:
         self._slots = PrioritySlots(concurrency)
 
     async def _run(self, priority: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if not self.may_write():
-            raise NotLeading(getattr(fn, "__name__", "write"))
-        return await self._call(priority, fn, *args, **kwargs)
+        return await self._call(priority, fn, *args, gated=True, **kwargs)
 
-    async def _call(self, priority: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(self, priority: int, fn: Callable[..., T], *args: Any, gated: bool = False, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         async with self._slots.slot(priority):  # so the pool's threads are free whenever a slot is
+            # Asked once the slot is ours, right before sending: waiting for a slot can take a while.
+            if gated and not self.may_write():
+                raise NotLeading(getattr(fn, "__name__", "write"))
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def create(self, manifest: dict[str, Any]) -> bool:
