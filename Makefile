@@ -8,7 +8,7 @@ PROFILE ?= default
 export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
-.PHONY: help deps deps-demo demo-image binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
+.PHONY: help deps deps-demo demo-image binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench chaos operator
 
 help:
 	@echo "make demo            the main example job's story on a local cluster (NODE=process|real)"
@@ -78,3 +78,8 @@ demo-image:
 
 bench: deps binaries
 	$(PYTHON) -m bench
+
+# The long chaos run (tests/operator/test_chaos.py at 200 jobs, 50 SIGKILLs); figures in bench-results/chaos.json.
+chaos: binaries
+	PHALANX_CHAOS_JOBS=200 PHALANX_CHAOS_KILLS=50 PHALANX_CHAOS_REPORT=$(CURDIR)/bench-results/chaos.json \
+		$(PYTHON) -m pytest -s tests/operator/test_chaos.py $(PYTEST_ARGS)

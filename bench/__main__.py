@@ -1,7 +1,7 @@
 """`python -m bench [SCENARIO ...] [options]` (or `make bench`): run the benchmark suite.
 
 Scenarios: start, throughput, sustained, recovery, footprint (default: all, in that order). The
-benchmarks of other areas can be run by name too (trainer_overhead, scheduling, operator_metrics):
+benchmarks of other areas can be run by name too (trainer_overhead, scheduling, operator_metrics, failover):
 they are handed the remaining arguments as `python -m bench.NAME ...`.
 """
 
@@ -25,7 +25,7 @@ from bench import REPO, kube, kubeflow, procstat, report, scenarios
 from bench.subjects import SUBJECTS, Phalanx, Subject
 
 OURS = ("start", "throughput", "sustained", "recovery", "footprint")
-OTHERS = ("trainer_overhead", "scheduling", "operator_metrics")
+OTHERS = ("trainer_overhead", "scheduling", "operator_metrics", "failover")
 LOWER = False  # for rows where a higher number is better
 
 

@@ -80,6 +80,7 @@ class FakeOperator:
     like kopf indexes (key -> list of values)."""
 
     def __init__(self, n_nodes: int) -> None:
+        self.leading = True  # the only replica
         self.kube = _Kube()
         self.indices: dict[str, dict[Any, list[Any]]] = {
             "job_index": {},

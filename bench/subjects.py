@@ -170,7 +170,8 @@ class Subject:
         return None
 
     def rank_pod(self, job: str, rank: int) -> str:
-        return names.pod_name(job, rank)
+        """The pod of `rank` in the job's first gang (attempt 1)."""
+        return names.pod_name(job, rank, 1)
 
     def expected_services(self, workers: int) -> int:
         return workers if self.services_per_job == "workers" else 1

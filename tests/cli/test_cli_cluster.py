@@ -116,7 +116,7 @@ def test_rank_metrics_come_through_the_api_servers_pod_proxy(jobs: JobClient, ku
     m.serve(port, addr=ip)
     jobs.create(job_manifest("px", replicas=1, metrics={"port": port}))
     jobs.wait_pods("px", running(1))
-    jobs.core.patch_namespaced_pod_status("px-worker-0", namespace, [
+    jobs.core.patch_namespaced_pod_status("px-a1-worker-0", namespace, [
         {"op": "replace", "path": "/status/podIP", "value": ip},
         {"op": "replace", "path": "/status/podIPs", "value": [{"ip": ip}]},
     ])  # fmt: skip
@@ -125,7 +125,7 @@ def test_rank_metrics_come_through_the_api_servers_pod_proxy(jobs: JobClient, ku
     assert row["metrics"] == "skipped"
     res = cli("status", "px", "-o", "json", kubeconfig=kubeconfig, namespace=namespace, networks=f"{ip}/32")
     [row] = parsed(res)["ranks"]
-    assert (row["pod"], row["metrics"], row["step"]) == ("px-worker-0", "ok", 107)  # resumed at 100, 7 steps since
+    assert (row["pod"], row["metrics"], row["step"]) == ("px-a1-worker-0", "ok", 107)  # resumed at 100, 7 steps since
     assert row["samplesPerSecond"] == pytest.approx(40.0) and row["lastStepSeconds"] is not None
 
 
@@ -257,7 +257,7 @@ def test_waiting_job_says_why_with_the_operators_numbers(
 def test_restarted_job_shows_the_attempt_and_the_cause(jobs: JobClient, kubeconfig: Path, namespace: str) -> None:
     jobs.create(job_manifest("oom", replicas=2))
     jobs.wait_pods("oom", running(2))
-    sim.make_pod_fail(jobs.core, namespace, "oom-worker-1", exit_code=137, reason="OOMKilled")
+    sim.make_pod_fail(jobs.core, namespace, "oom-a1-worker-1", exit_code=137, reason="OOMKilled")
     jobs.wait_pods("oom", running(2, attempt=2), what="attempt 2 running")
     job = jobs.wait("oom", lambda j: j["status"].get("state") == "Running" and j["status"]["attempt"] == 2)
 
@@ -266,10 +266,10 @@ def test_restarted_job_shows_the_attempt_and_the_cause(jobs: JobClient, kubeconf
     assert (report["state"], report["attempt"], report["restarts"]) == ("Running", 2, 1)
     [restart] = report["restartHistory"]
     assert (restart["attempt"], restart["reason"]) == (2, "GangRestart")
-    assert restart["message"].startswith("pod oom-worker-1 exited with code 137 (OOMKilled); restarting all 2 pods")
+    assert restart["message"].startswith("pod oom-a1-worker-1 exited with code 137 (OOMKilled); restarting all 2 pods")
     assert report["waiting"] is None
     check_ranks(report, jobs.pods("oom"), 2)
-    assert [r["pod"] for r in report["ranks"]] == ["oom-worker-0", "oom-worker-1"]
+    assert [r["pod"] for r in report["ranks"]] == ["oom-a2-worker-0", "oom-a2-worker-1"]
     text = kp(kubeconfig, "status", "oom", namespace=namespace).stdout
     assert "State:       Running   attempt 2, 1 restart of backoffLimit 3" in text
     assert "Restarts:\n  ATTEMPT   REASON        AGE" in text and "GangRestart" in text
@@ -280,7 +280,7 @@ def test_restarted_job_shows_the_attempt_and_the_cause(jobs: JobClient, kubeconf
 def test_failed_job_gives_reason_and_message(jobs: JobClient, kubeconfig: Path, namespace: str) -> None:
     jobs.create(job_manifest("bug", replicas=2))
     jobs.wait_pods("bug", running(2))
-    sim.make_pod_fail(jobs.core, namespace, "bug-worker-0", exit_code=1, reason="Error")
+    sim.make_pod_fail(jobs.core, namespace, "bug-a1-worker-0", exit_code=1, reason="Error")
     job = jobs.wait_state("bug", "Failed")
     failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
 
@@ -288,7 +288,7 @@ def test_failed_job_gives_reason_and_message(jobs: JobClient, kubeconfig: Path, 
     check_common(report, job)
     e = report["ended"]
     assert (e["type"], e["status"], e["reason"], e["message"]) == ("Failed", "True", "PodFailed", failed["message"])
-    assert "bug-worker-0 exited with code 1" in e["message"]
+    assert "bug-a1-worker-0 exited with code 1" in e["message"]
     assert report["waiting"] is None and report["restarts"] == 0
     text = kp(kubeconfig, "status", "bug", namespace=namespace).stdout
     assert "Failed:      PodFailed " in text and failed["message"] in text

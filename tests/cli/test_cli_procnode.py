@@ -164,13 +164,13 @@ def test_ranks_logs_and_a_restart_on_real_trainers(
         timeout=60,
         what="logs -f streaming rank 1",
     )
-    os.kill(trainer_pid(pods["tr-worker-1"]), signal.SIGKILL)
+    os.kill(trainer_pid(pods["tr-a1-worker-1"]), signal.SIGKILL)
     job = jobs.wait_state("tr", "Succeeded", timeout=180)
     code, err = follow.wait(timeout=60)
     assert code == 0, err
     lines = trainer_lines(follow.lines)
     marker = next(i for i, line in enumerate(lines) if line.startswith("--- attempt 2"))
-    assert "(GangRestart: pod tr-worker-1 exited with code 137" in lines[marker]
+    assert "(GangRestart: pod tr-a1-worker-1 exited with code 137" in lines[marker]
     assert all("attempt 1" in line for line in lines[:marker])
     after = lines[marker + 1 :]
     assert {"[rank 0] attempt 2 done", "[rank 1] attempt 2 done"} <= set(after)
@@ -179,7 +179,7 @@ def test_ranks_logs_and_a_restart_on_real_trainers(
     report = parsed(cli("status", "tr", "-o", "json", kubeconfig=kubeconfig, namespace=namespace))
     assert (report["state"], report["attempt"], report["restarts"]) == ("Succeeded", 2, 1)
     [restart] = report["restartHistory"]
-    assert restart["attempt"] == 2 and restart["message"].startswith("pod tr-worker-1 exited with code 137")
+    assert restart["attempt"] == 2 and restart["message"].startswith("pod tr-a1-worker-1 exited with code 137")
     assert report["ended"]["reason"] == "AllReplicasSucceeded"
     res = cli("logs", "tr", "--attempt", "1", kubeconfig=kubeconfig, namespace=namespace)
     assert res.returncode == 1 and "no pod of attempt 1 of job tr exists any more" in res.stderr

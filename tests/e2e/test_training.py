@@ -167,14 +167,14 @@ def test_pytorch_ddp_trains_to_completion(ddp_reference: Reference, procnode: No
     assert (status["attempt"], status["restarts"], status["worldSize"]) == (1, 0, 2)
     assert committed_steps(ref.claim_dir)[-1] == 60  # the final checkpoint, committed
     assert (ref.claim_dir / "final.pt").exists()
-    log = procnode.pod_log(ref.namespace, "ref-worker-0")
+    log = procnode.pod_log(ref.namespace, "ref-a1-worker-0")
     assert re.search(r"^done step 60/60 loss [\d.]+ world 2 resumed_from -1", log, re.M), log
 
 
 def test_trainer_metrics_are_served_at_the_pod_addresses(ddp_reference: Reference) -> None:
     ref = ddp_reference
     # Every rank served its metrics on its own 127.0.0.N:9400 (the same port: one address per pod).
-    assert set(ref.scraped) == {"ref-worker-0", "ref-worker-1"}, ref.pod_ips
+    assert set(ref.scraped) == {"ref-a1-worker-0", "ref-a1-worker-1"}, ref.pod_ips
     assert len(set(ref.pod_ips.values())) == 2
     for body in ref.scraped.values():
         assert re.search(r"^phalanx_trainer_world_size 2\.0$", body, re.M)
@@ -201,7 +201,7 @@ def test_sigkilled_worker_restarts_the_gang_which_resumes_to_the_same_model(
     claim_dir = claim("ckpt")
     kubectl_apply(kubectl, namespace, training_job("killed", "ckpt", DDP_ARGS))
     wait_for("a committed checkpoint", lambda: committed_steps(claim_dir))
-    victim = next(p for p in jobs.pods("killed") if p.metadata.name == "killed-worker-0")
+    victim = next(p for p in jobs.pods("killed") if p.metadata.name == "killed-a1-worker-0")
     pid = trainer_pid(victim)
     os.kill(pid, signal.SIGKILL)
     wait_for("the killed trainer to be gone", lambda: not Path(f"/proc/{pid}").exists(), timeout=30)
@@ -211,8 +211,8 @@ def test_sigkilled_worker_restarts_the_gang_which_resumes_to_the_same_model(
     job = jobs.wait_state("killed", "Succeeded", timeout=JOB_TIMEOUT)
     assert (job["status"]["attempt"], job["status"]["restarts"]) == (2, 1), yaml.safe_dump(job["status"])
     events = job_events(kubectl, namespace, "killed")
-    assert any("pod killed-worker-0 exited with code 137" in e for e in events), events
-    runs = procnode.pod_runs(namespace, "killed-worker-0")
+    assert any("pod killed-a1-worker-0 exited with code 137" in e for e in events), events
+    runs = [r for a in (1, 2) for r in procnode.pod_runs(namespace, f"killed-a{a}-worker-0")]  # a name per attempt
     assert [r.attempt for r in runs] == [1, 2]
     second = runs[1].log()
     assert f"resumed from step {last_committed} (attempt 2, world size 2 -> 2)" in second, second
@@ -239,19 +239,19 @@ def test_scale_up_sigterms_saves_and_resumes_at_world_size_3(
     job = jobs.wait_state("elastic", "Succeeded", timeout=JOB_TIMEOUT)
     assert (job["status"]["attempt"], job["status"]["worldSize"]) == (2, 3), yaml.safe_dump(job["status"])
     pods = jobs.pods("elastic")
-    assert [p.metadata.name for p in pods] == [f"elastic-worker-{i}" for i in range(3)]
+    assert [p.metadata.name for p in pods] == [f"elastic-a2-worker-{i}" for i in range(3)]
     assert all(p.status.phase == "Succeeded" for p in pods)
     # Attempt 1: both ranks got SIGTERM, agreed on a step, saved it and exited 143.
     saved = set()
     for i in range(2):
-        first = procnode.pod_runs(namespace, f"elastic-worker-{i}")[0]
+        first = procnode.pod_runs(namespace, f"elastic-a1-worker-{i}")[0]
         assert first.attempt == 1
         m = re.search(r"preempted at step (\d+) \(checkpoint saved\); exiting 143", first.log())
         assert m, first.log()
         saved.add(int(m.group(1)))
     assert len(saved) == 1
     step = saved.pop()
-    log = procnode.pod_log(namespace, "elastic-worker-0")
+    log = procnode.pod_log(namespace, "elastic-a2-worker-0")
     assert f"resumed from step {step} (attempt 2, world size 2 -> 3)" in log, log
     assert re.search(rf"^done step 60/60 .* world 3 resumed_from {step} ", log, re.M), log
 
@@ -271,7 +271,7 @@ def test_tensorflow_multiworker_mirrored_trains_to_completion(
     assert (job["status"]["attempt"], job["status"]["worldSize"]) == (1, 2)
     assert committed_steps(claim_dir)[-1] == 40
     assert (claim_dir / "final.npz").exists()
-    chief = procnode.pod_log(namespace, "mwms-worker-0")
+    chief = procnode.pod_log(namespace, "mwms-a1-worker-0")
     assert re.search(r"^done step 40/40 .* world 2 ", chief, re.M), chief
 
 
@@ -285,7 +285,7 @@ def test_exit_code_1_fails_the_job_at_once_naming_pod_and_code(
     kubectl_apply(kubectl, namespace, manifest)
     job = jobs.wait_state("broken", "Failed", timeout=120)
     failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
-    m = re.search(r"pod (broken-worker-\d) exited with code 1\b", failed["message"])
+    m = re.search(r"pod (broken-a\d+-worker-\d) exited with code 1\b", failed["message"])
     assert m, failed
     assert (job["status"]["restarts"], job["status"]["attempt"]) == (0, 1), yaml.safe_dump(job["status"])
     # The pod named is one that ran the command (its peer may have been stopped before it even started).

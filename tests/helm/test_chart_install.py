@@ -70,10 +70,11 @@ def test_install_runs_the_operator_and_serves_the_crd(
     chart_crd = yaml.safe_load((CHART / "crds" / "trainingjobs.yaml").read_text())
     assert crd["spec"]["versions"] == chart_crd["spec"]["versions"]
     deploy = deployment(api_client, namespace)
-    assert deploy.status.available_replicas == 1
-    (pod,) = [p for p in operator_pods(core_v1, namespace) if p.metadata.deletion_timestamp is None]
+    assert deploy.status.available_replicas == 2  # a leader and a warm standby
+    pods = [p for p in operator_pods(core_v1, namespace) if p.metadata.deletion_timestamp is None]
     # Admitted in a namespace enforcing restricted, and running as the chart's ServiceAccount.
-    assert pod.status.phase == "Running" and pod.spec.service_account_name == "phalanx"
+    assert len(pods) == 2
+    assert all(p.status.phase == "Running" and p.spec.service_account_name == "phalanx" for p in pods)
     assert core_v1.read_namespace(namespace).metadata.labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
@@ -94,7 +95,11 @@ def test_operator_starts_with_the_charts_args_and_env(
     metrics, probes = free_port(), free_port()
     docs = render({"metrics": {"port": metrics}, "probes": {"port": probes}}, release=name, namespace=namespace)
     spec = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in spec["env"]}
+    # The downward API's values, as the kubelet would fill them in.
+    fields = {"metadata.name": f"{name}-test-pod", "metadata.namespace": namespace}
+    env = {
+        e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in spec["env"]
+    }
     as_operator = service_account_kubeconfig(kubeconfig, core_v1, namespace, "phalanx", tmp_path / "sa.kubeconfig")
     log = tmp_path / "operator.log"
     with log.open("wb") as out:
@@ -113,6 +118,18 @@ def test_operator_starts_with_the_charts_args_and_env(
             text = wait_for(lambda: http_get(f"http://127.0.0.1:{metrics}/metrics"), timeout=30, what="metrics")
             assert "phalanx_" in text
             assert proc.poll() is None, log.read_text()
+            # It leads on the chart's Lease, in the release namespace, which its Role allows.
+            leases = client.CoordinationV1Api(core_v1.api_client)
+
+            def holder() -> str | None:
+                try:
+                    return str(leases.read_namespaced_lease(env["PHALANX_LEASE_NAME"], namespace).spec.holder_identity)
+                except client.ApiException as exc:
+                    if exc.status == 404:
+                        return None
+                    raise
+
+            wait_for(lambda: holder() == f"{name}-test-pod", timeout=60, what="the operator holding the chart's Lease")
         finally:
             proc.terminate()
             proc.wait(30)
@@ -203,13 +220,15 @@ def test_upgrade_with_a_changed_value(
     container = after.spec.template.spec.containers[0]
     assert {e.name: e.value for e in container.env}["PHALANX_WORKERS"] == "3"
     assert "--verbose" in container.args
+    assert after.spec.strategy.rolling_update.max_unavailable == 0  # a new pod comes up before an old one goes
 
-    # Recreate: the old pod is gone before the new one starts; exactly one operator pod remains.
-    def one_new_pod() -> bool:
+    def two_new_pods() -> bool:
         live = [p for p in operator_pods(core_v1, namespace) if p.metadata.deletion_timestamp is None]
-        return len(live) == 1 and "--verbose" in live[0].spec.containers[0].args and live[0].status.phase == "Running"
+        return len(live) == 2 and all(
+            "--verbose" in p.spec.containers[0].args and p.status.phase == "Running" for p in live
+        )
 
-    wait_for(one_new_pod, timeout=60, what="the upgraded operator pod")
+    wait_for(two_new_pods, timeout=60, what="the two upgraded operator pods")
     history = yaml.safe_load(helm("history", name, f"-n={namespace}", "--output=yaml", kubeconfig=kubeconfig).stdout)
     assert [h["revision"] for h in history] == [1, 2] and history[-1]["status"] == "deployed"
     # Helm never touches crds/ on upgrade (docs/install.md says how to upgrade the CRD).

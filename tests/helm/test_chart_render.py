@@ -36,6 +36,9 @@ def non_default_values(watch_namespace: str) -> dict[str, Any]:
         "rbac": {"aggregateToDefaultRoles": False},
         "serviceAccount": {"name": "trainer-operator", "annotations": {"iam.example.com/role": "phalanx"}},
         "operator": {"workers": 3, "logLevel": "debug", "logFormat": "json"},
+        "replicas": 3,
+        "leaderElection": {"leaseDurationSeconds": 30, "renewDeadlineSeconds": 20, "retryPeriodSeconds": 2.5},
+        "podDisruptionBudget": {"minAvailable": 2},
         "resources": {"requests": {"cpu": "250m", "memory": "300Mi"}, "limits": {"cpu": 2, "memory": "1Gi"}},
         "metrics": {
             "port": 9090,
@@ -68,7 +71,17 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def env(docs: list[dict[str, Any]]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container(docs)["env"]}
+    """name -> value; a downward-API entry as fieldRef:<path>."""
+    return {
+        e["name"]: e["value"] if "value" in e else f"fieldRef:{e['valueFrom']['fieldRef']['fieldPath']}"
+        for e in container(docs)["env"]
+    }
+
+
+LEASE_ENV = {
+    "PHALANX_POD_NAME": "fieldRef:metadata.name",
+    "PHALANX_LEASE_NAMESPACE": "fieldRef:metadata.namespace",
+}
 
 
 @pytest.mark.parametrize("values", [None, non_default_values("ml-jobs")], ids=["default", "non-default"])
@@ -93,11 +106,29 @@ def test_default_render() -> None:
         "ConfigMap",  # helm test: the check script
         "Deployment",
         "Pod",  # helm test
+        "PodDisruptionBudget",
+        "Role",  # leader election: Leases in the release namespace
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
     deploy = find(docs, "Deployment")
-    assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
+    # A leader and a warm standby; a rolling update adds the new pod before an old one goes.
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pdb = find(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": deploy["spec"]["selector"]}
+    role = find(docs, "Role")
+    assert role["metadata"] == {**role["metadata"], "name": "phalanx-leader-election", "namespace": "phalanx-system"}
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
+    assert find(docs, "RoleBinding")["subjects"] == [
+        {"kind": "ServiceAccount", "name": "phalanx", "namespace": "phalanx-system"}
+    ]
     pod = deploy["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "phalanx"
     assert pod["securityContext"] == {
@@ -118,10 +149,17 @@ def test_default_render() -> None:
     assert c["args"] == ["--liveness=http://0.0.0.0:8081/healthz", "--log-format=plain"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert env(docs) == {
+        **LEASE_ENV,
+        "PHALANX_LEASE_NAME": "phalanx",
+        "PHALANX_LEASE_DURATION_SECONDS": "15",
+        "PHALANX_LEASE_RENEW_DEADLINE_SECONDS": "10",
+        "PHALANX_LEASE_RETRY_PERIOD_SECONDS": "1",
         "PHALANX_WORKERS": "8",
         "PHALANX_SCRAPE_INTERVAL_SECONDS": "15",
         "PHALANX_METRICS_PORT": "8080",
     }
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"  # replicas prefer different nodes
     svc = find(docs, "Service")
     assert svc["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -144,9 +182,12 @@ def test_non_default_render() -> None:
         "ConfigMap",  # helm test
         "Deployment",
         "Pod",
+        "PodDisruptionBudget",
         "PodMonitor",
         "PodMonitor",  # the trainers'
-        "Role",
+        "Role",  # the watched namespace's
+        "Role",  # leader election, in the release namespace
+        "RoleBinding",
         "RoleBinding",
         "Service",
         "ServiceAccount",
@@ -157,6 +198,8 @@ def test_non_default_render() -> None:
     assert c["imagePullPolicy"] == "Always"
     assert c["args"] == ["--liveness=http://0.0.0.0:9091/healthz", "--log-format=json", "--debug"]
     assert env(docs) == {
+        **LEASE_ENV, "PHALANX_LEASE_NAME": "ops-phalanx", "PHALANX_LEASE_DURATION_SECONDS": "30",
+        "PHALANX_LEASE_RENEW_DEADLINE_SECONDS": "20", "PHALANX_LEASE_RETRY_PERIOD_SECONDS": "2.5",
         "PHALANX_WATCH_NAMESPACE": "ml-jobs", "PHALANX_WORKERS": "3", "PHALANX_SCRAPE_INTERVAL_SECONDS": "15",
         "PHALANX_METRICS_PORT": "9090",
     }  # fmt: skip
@@ -166,11 +209,15 @@ def test_non_default_render() -> None:
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["spec"]["serviceAccountName"] == "trainer-operator"
     assert pod["spec"]["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists"}]
-    role = find(docs, "Role")
+    role = find(docs, "Role", "ops-phalanx")
     assert role["metadata"]["namespace"] == "ml-jobs"
-    assert find(docs, "RoleBinding")["subjects"] == [
+    assert find(docs, "RoleBinding", "ops-phalanx")["subjects"] == [
         {"kind": "ServiceAccount", "name": "trainer-operator", "namespace": "platform"}
     ]
+    assert find(docs, "Role", "ops-phalanx-leader-election")["metadata"]["namespace"] == "platform"
+    deploy = find(docs, "Deployment")
+    assert deploy["spec"]["replicas"] == 3 and find(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    assert "podAntiAffinity" not in deploy["spec"]["template"]["spec"]["affinity"]  # the user's affinity wins
     cluster_resources = {r for rule in find(docs, "ClusterRole")["rules"] for r in rule["resources"]}
     assert cluster_resources == {"nodes", "priorityclasses", "customresourcedefinitions", "namespaces"}
     svc = find(docs, "Service")
@@ -206,6 +253,29 @@ def test_service_monitor_without_service_fails_with_a_message() -> None:
     out = template(values, extra=MONITORING, check=False)
     assert out.returncode != 0
     assert "metrics.serviceMonitor.enabled needs metrics.service.enabled" in out.stderr
+
+
+def test_one_replica_has_no_disruption_budget_and_no_anti_affinity() -> None:
+    docs = render({"replicas": 1})
+    assert "PodDisruptionBudget" not in kinds(docs)  # minAvailable 1 of 1 would block every drain
+    assert "affinity" not in find(docs, "Deployment")["spec"]["template"]["spec"]
+    assert "PodDisruptionBudget" not in kinds(render({"podDisruptionBudget": {"enabled": False}}))
+
+
+@pytest.mark.parametrize(
+    "timings",
+    [
+        {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 10},
+        {"renewDeadlineSeconds": 1, "retryPeriodSeconds": 1},
+    ],
+)
+def test_lease_timings_out_of_order_fail_with_a_message(timings: dict[str, int]) -> None:
+    out = template({"leaderElection": timings}, check=False)
+    assert out.returncode != 0
+    assert (
+        "leaderElection: leaseDurationSeconds" in out.stderr
+        and "must be greater than renewDeadlineSeconds" in out.stderr
+    )
 
 
 def test_metrics_off_sets_port_zero_and_drops_the_service() -> None:

@@ -41,7 +41,7 @@ def test_operator_killed_mid_creation_resumes_without_duplicates(jobs: JobClient
         timeout=120,
         what=f"{WORKERS} running pods",
     )
-    assert sorted(p.metadata.name for p in pods) == sorted(f"{name}-worker-{i}" for i in range(WORKERS))
+    assert sorted(p.metadata.name for p in pods) == sorted(f"{name}-a1-worker-{i}" for i in range(WORKERS))
     assert {p.metadata.labels["phalanx.dev/attempt"] for p in pods} == {"1"}
     ranks = sorted(int(next(e.value for e in p.spec.containers[0].env if e.name == "RANK")) for p in pods)
     assert ranks == list(range(WORKERS))

@@ -33,7 +33,7 @@ def test_create_runs_gang_and_succeeds(jobs: JobClient, namespace: str) -> None:
     status = job["status"]
     assert status["worldSize"] == 3 and status["readySummary"] == "3/3" and status["attempt"] == 1
     pods = jobs.pods("happy")
-    assert [p.metadata.name for p in pods] == ["happy-worker-0", "happy-worker-1", "happy-worker-2"]
+    assert [p.metadata.name for p in pods] == ["happy-a1-worker-0", "happy-a1-worker-1", "happy-a1-worker-2"]
     svc = jobs.core.read_namespaced_service("happy", namespace)
     assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses
     env = {e.name: e.value for e in pods[1].spec.containers[0].env}
@@ -52,7 +52,7 @@ def test_create_runs_gang_and_succeeds(jobs: JobClient, namespace: str) -> None:
 def test_retryable_failure_restarts_whole_gang(jobs: JobClient, namespace: str) -> None:
     jobs.create(job_manifest("oom", replicas=2))
     jobs.wait_pods("oom", running(2), what="attempt 1 running")
-    sim.make_pod_fail(jobs.core, namespace, "oom-worker-1", exit_code=137, reason="OOMKilled")
+    sim.make_pod_fail(jobs.core, namespace, "oom-a1-worker-1", exit_code=137, reason="OOMKilled")
     pods = jobs.wait_pods("oom", running(2, attempt=2), what="attempt 2 running")
     assert attempts(pods) == {"2"}
     status = jobs.get("oom")["status"]
@@ -60,7 +60,7 @@ def test_retryable_failure_restarts_whole_gang(jobs: JobClient, namespace: str) 
     env = {e.name: e.value for e in pods[0].spec.containers[0].env}
     assert env["PHALANX_ATTEMPT"] == "2"
     events = [e for e in jobs.core.list_namespaced_event(namespace).items if e.reason == "GangRestart"]
-    assert events and "oom-worker-1 exited with code 137" in events[0].message
+    assert events and "oom-a1-worker-1 exited with code 137" in events[0].message
     for p in pods:
         sim.make_pod_succeed(jobs.core, namespace, p.metadata.name)
     jobs.wait_state("oom", "Succeeded")
@@ -69,29 +69,29 @@ def test_retryable_failure_restarts_whole_gang(jobs: JobClient, namespace: str) 
 def test_permanent_failure_fails_at_once_naming_pod(jobs: JobClient, namespace: str) -> None:
     jobs.create(job_manifest("bug", replicas=2))
     jobs.wait_pods("bug", running(2))
-    sim.make_pod_fail(jobs.core, namespace, "bug-worker-0", exit_code=1, reason="Error")
+    sim.make_pod_fail(jobs.core, namespace, "bug-a1-worker-0", exit_code=1, reason="Error")
     job = jobs.wait_state("bug", "Failed")
     failed = jobs.condition("bug", "Failed")
     assert failed is not None and failed["reason"] == "PodFailed"
-    assert "bug-worker-0 exited with code 1" in failed["message"]
+    assert "bug-a1-worker-0 exited with code 1" in failed["message"]
     assert job["status"]["restarts"] == 0
     # cleanPodPolicy Running (default): the rank still running is deleted, the failed one kept for its logs.
     pods = jobs.wait_pods(
         "bug", lambda ps: all(p.status.phase == "Failed" for p in ps if not p.metadata.deletion_timestamp)
     )
-    assert any(p.metadata.name == "bug-worker-0" for p in pods)
+    assert any(p.metadata.name == "bug-a1-worker-0" for p in pods)
 
 
 def test_backoff_limit_exhausted_fails(jobs: JobClient, namespace: str) -> None:
     jobs.create(job_manifest("flaky", replicas=2, runPolicy={"backoffLimit": 1}))
     jobs.wait_pods("flaky", running(2))
-    sim.make_pod_fail(jobs.core, namespace, "flaky-worker-0", exit_code=143, reason="Error")
+    sim.make_pod_fail(jobs.core, namespace, "flaky-a1-worker-0", exit_code=143, reason="Error")
     jobs.wait_pods("flaky", running(2, attempt=2))
-    sim.make_pod_fail(jobs.core, namespace, "flaky-worker-1", exit_code=139, reason="Error")
+    sim.make_pod_fail(jobs.core, namespace, "flaky-a2-worker-1", exit_code=139, reason="Error")
     jobs.wait_state("flaky", "Failed")
     failed = jobs.condition("flaky", "Failed")
     assert failed is not None and failed["reason"] == "BackoffLimitExceeded"
-    assert "flaky-worker-1 exited with code 139" in failed["message"]
+    assert "flaky-a2-worker-1 exited with code 139" in failed["message"]
     assert jobs.get("flaky")["status"]["restarts"] == 1
 
 

@@ -54,7 +54,7 @@ def test_pod_security_refusal_is_in_status_and_the_startup_deadline_ends_it(
     job = jobs.wait("rooted", has("ReplicaFailure", reason="PodSecurityViolation"), what="ReplicaFailure")
     refused = condition(job, "ReplicaFailure")
     assert refused is not None and 'violates PodSecurity "restricted:latest"' in refused["message"]
-    assert "runAsUser=0" in refused["message"] and "rooted-worker-" in refused["message"]
+    assert "runAsUser=0" in refused["message"] and "rooted-a1-worker-" in refused["message"]
     admitted = condition(job, "Admitted")
     assert admitted is not None and admitted["reason"] == "PodSecurityViolation"
     assert job["status"]["state"] == "Queued" and jobs.pods("rooted") == []
@@ -93,7 +93,7 @@ def test_quota_refusal_backs_off_and_clears_once_the_quota_allows(
     jobs.create(job_manifest("capped", replicas=2))
     job = jobs.wait("capped", has("ReplicaFailure", reason="QuotaExceeded"), what="QuotaExceeded")
     message = condition(job, "ReplicaFailure")["message"]  # type: ignore[index]
-    assert "exceeded quota: pods" in message and "capped-worker-" in message
+    assert "exceeded quota: pods" in message and "capped-a1-worker-" in message
     assert len(jobs.pods("capped")) == 1  # one fits the quota; the gang waits for the other
     core_v1.delete_namespaced_resource_quota("pods", namespace)
     jobs.wait_pods("capped", lambda ps: len(ps) == 2, timeout=60, what="the second pod after the quota went")
@@ -167,14 +167,14 @@ def test_failing_reconciles_set_reconcile_error_until_they_succeed(
 
     def in_force() -> bool | None:
         try:
-            jobs.core.delete_namespaced_pod("stuck-worker-0", namespace, dry_run="All")
+            jobs.core.delete_namespaced_pod("stuck-a1-worker-0", namespace, dry_run="All")
         except client.ApiException as exc:
             return exc.status == 422 or None
         return None
 
     wait_for(in_force, timeout=30, what="the admission policy in force")  # policies take a moment to load
     # A retryable failure restarts the gang, which needs attempt 1's pods deleted: the apiserver refuses.
-    sim.make_pod_fail(jobs.core, namespace, "stuck-worker-1", exit_code=137, reason="OOMKilled")
+    sim.make_pod_fail(jobs.core, namespace, "stuck-a1-worker-1", exit_code=137, reason="OOMKilled")
     job = jobs.wait("stuck", has("ReconcileError", reason="ReconcileFailed"), timeout=60, what="ReconcileError")
     error = condition(job, "ReconcileError")
     assert error is not None and "frozen by the test" in error["message"] and "backoff" in error["message"]

@@ -4,16 +4,19 @@
 - operator (module): the operator running in this process under kopf.testing.KopfRunner with a fresh
   handler registry (so several operators can run one after another in one test process).
 - operator_process: a factory that starts the operator as a separate process (`python -m
-  phalanx.controller`), for tests that kill it or run it with other credentials.
+  phalanx.controller`), for tests that kill it or run it with other credentials. The operators one
+  test starts contend for one Lease of their own (short timings: a killed one is replaced in seconds).
 - jobs: helpers to create TrainingJobs and wait on them (JobClient).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,22 @@ REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("PHALANX_SCRAPE_NETWORKS", "127.0.0.0/8")
 CRD = REPO / "crds" / "phalanx.dev_trainingjobs.yaml"
 GROUP, VERSION, PLURAL = "phalanx.dev", "v1alpha1", "trainingjobs"
+# Leader-election timings for the operators the tests start: a SIGKILLed leader's lease runs out in
+# 4 s, and a standby looks every half second.
+TEST_LEASE = {
+    "PHALANX_LEASE_NAMESPACE": "default",
+    "PHALANX_LEASE_DURATION_SECONDS": "4",
+    "PHALANX_LEASE_RENEW_DEADLINE_SECONDS": "3",
+    "PHALANX_LEASE_RETRY_PERIOD_SECONDS": "0.5",
+}
+
+
+def lease_settings(name: str, identity: str = "") -> Any:
+    """LeaseSettings of TEST_LEASE for an operator run in this process."""
+    from phalanx.core.lease import LeaseSettings
+
+    env = {**TEST_LEASE, "PHALANX_LEASE_NAME": name, "PHALANX_POD_NAME": identity or f"{name}-in-process"}
+    return LeaseSettings.from_env(env)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +67,7 @@ def operator(crd: Path) -> Iterator[Any]:
     from phalanx.controller.handlers import build_registry
     from phalanx.controller.operator import Operator
 
-    op = Operator(workers=8)
+    op = Operator(workers=8, election=lease_settings(f"phalanx-test-{uuid.uuid4().hex[:8]}"))
     settings = kopf.OperatorSettings()
     settings.watching.server_timeout = 30
     settings.watching.client_timeout = 40
@@ -66,7 +85,7 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log
-        full_env = {
+        self.env = full_env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "PHALANX_METRICS_PORT": "0",
@@ -83,6 +102,17 @@ class OperatorProcess:
             self.proc.kill()
             self.proc.wait(10)
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM, as the kubelet sends on a pod's deletion: kopf shuts down and the lease is released."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def stop(self) -> None:
         process.end(self.proc, grace=15)
         self._log.close()
@@ -91,9 +121,12 @@ class OperatorProcess:
 @pytest.fixture
 def operator_process(crd: Path, kubeconfig: Path, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
+    lease = {**TEST_LEASE, "PHALANX_LEASE_NAME": f"phalanx-test-{uuid.uuid4().hex[:8]}"}
 
     def start(env: dict[str, str] | None = None, kubeconfig_path: Path | None = None) -> OperatorProcess:
-        p = OperatorProcess(kubeconfig_path or kubeconfig, tmp_path / f"operator-{len(started)}.log", env)
+        n = len(started)
+        full = {**lease, "PHALANX_POD_NAME": f"operator-{n}", **(env or {})}
+        p = OperatorProcess(kubeconfig_path or kubeconfig, tmp_path / f"operator-{n}.log", full)
         started.append(p)
         return p
 

@@ -110,27 +110,27 @@ def test_pytorch_ddp_trains_in_real_containers_and_a_killed_rank_resumes_to_the_
     assert (job["status"]["attempt"], job["status"]["restarts"], job["status"]["worldSize"]) == (1, 0, 2)
     assert committed_steps(ref_dir)[-1] == 60
     # Each rank served metrics on its own pod IP on the bridge, and the in-cluster operator scraped them.
-    assert set(scraped) == {f"{ref}-worker-0", f"{ref}-worker-1"}, scraped.keys()
+    assert set(scraped) == {f"{ref}-a1-worker-0", f"{ref}-a1-worker-1"}, scraped.keys()
     ips = {body.split("\n", 1)[0] for body in scraped.values()}
     assert len(ips) == 2 and all(ip.startswith("10.244.0.") for ip in ips), ips
     assert efficiency and all(e > 0 for e in efficiency), "no scaling efficiency reached the status"
     # `kubectl logs` reaches each rank's container through the kubelet (rank 1 prints nothing itself).
-    log = pod_logs(kubectl, JOBS_NAMESPACE, f"{ref}-worker-0")
+    log = pod_logs(kubectl, JOBS_NAMESPACE, f"{ref}-a1-worker-0")
     assert re.search(r"^done step 60/60 loss [\d.]+ world 2 resumed_from -1", log, re.M), log
-    pod_logs(kubectl, JOBS_NAMESPACE, f"{ref}-worker-1")
+    pod_logs(kubectl, JOBS_NAMESPACE, f"{ref}-a1-worker-1")
 
     killed, (killed_claim, killed_dir) = unique("killed"), claim("killed")
     apply(kubectl, training_job(killed, killed_claim, DDP_ARGS))
     wait_for("a committed checkpoint", lambda: committed_steps(killed_dir), timeout=JOB_TIMEOUT)
-    victim = next(p for p in jobs.pods(killed) if p.metadata.name == f"{killed}-worker-0")
+    victim = next(p for p in jobs.pods(killed) if p.metadata.name == f"{killed}-a1-worker-0")
     node.kill_container(victim)
     last = committed_steps(killed_dir)[-1]
     assert last < 60, "the kill landed after training ended; slow the job down"
     job = jobs.wait_state(killed, "Succeeded", timeout=JOB_TIMEOUT)
     assert (job["status"]["attempt"], job["status"]["restarts"]) == (2, 1), yaml.safe_dump(job["status"])
     events = job_events(kubectl, JOBS_NAMESPACE, killed)
-    assert any(f"pod {killed}-worker-0 exited with code 137" in e for e in events), events
-    log = pod_logs(kubectl, JOBS_NAMESPACE, f"{killed}-worker-0")
+    assert any(f"pod {killed}-a1-worker-0 exited with code 137" in e for e in events), events
+    log = pod_logs(kubectl, JOBS_NAMESPACE, f"{killed}-a2-worker-0")
     m = re.search(r"resumed from step (\d+) \(attempt 2, world size 2 -> 2\)", log)
     assert m and int(m.group(1)) >= last, log
     reference, resumed = load_params(ref_dir / "final.pt"), load_params(killed_dir / "final.pt")
@@ -150,7 +150,7 @@ def test_scale_up_sigterms_saves_and_resumes_at_world_size_3(
     kubectl("scale", "-n", JOBS_NAMESPACE, f"tj/{name}", "--replicas=3")
     job = jobs.wait_state(name, "Succeeded", timeout=JOB_TIMEOUT)
     assert (job["status"]["attempt"], job["status"]["worldSize"]) == (2, 3), yaml.safe_dump(job["status"])
-    log = pod_logs(kubectl, JOBS_NAMESPACE, f"{name}-worker-0")
+    log = pod_logs(kubectl, JOBS_NAMESPACE, f"{name}-a2-worker-0")
     m = re.search(r"resumed from step (\d+) \(attempt 2, world size 2 -> 3\)", log)
     assert m, log
     # Resumed from the checkpoint both ranks saved on SIGTERM mid-run, not from scratch.
@@ -170,7 +170,7 @@ def test_tensorflow_multiworker_mirrored_trains_in_real_containers(
     job = jobs.wait_state(name, "Succeeded", timeout=JOB_TIMEOUT)
     assert (job["status"]["attempt"], job["status"]["worldSize"]) == (1, 2)
     assert committed_steps(claim_dir)[-1] == 40
-    chief = pod_logs(kubectl, JOBS_NAMESPACE, f"{name}-worker-0")
+    chief = pod_logs(kubectl, JOBS_NAMESPACE, f"{name}-a1-worker-0")
     assert re.search(r"^done step 40/40 .* world 2 ", chief, re.M), chief
 
 
@@ -183,7 +183,7 @@ def test_a_non_retryable_exit_fails_the_job_naming_pod_and_code(
     apply(kubectl, manifest)
     job = jobs.wait_state(name, "Failed", timeout=JOB_TIMEOUT)
     failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
-    m = re.search(rf"pod ({name}-worker-\d) exited with code 1\b", failed["message"])
+    m = re.search(rf"pod ({name}-a\d+-worker-\d) exited with code 1\b", failed["message"])
     assert m, failed
     assert "giving up" in pod_logs(kubectl, JOBS_NAMESPACE, m.group(1))
 
@@ -202,7 +202,7 @@ def test_an_oom_killed_rank_is_named_as_the_cause(
     apply(kubectl, manifest)
     job = jobs.wait_state(name, "Failed", timeout=JOB_TIMEOUT)
     failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
-    assert re.search(rf"pod {name}-worker-\d exited with code 137 \(OOMKilled\)", failed["message"]), failed
+    assert re.search(rf"pod {name}-a\d+-worker-\d exited with code 137 \(OOMKilled\)", failed["message"]), failed
 
 
 def test_a_root_image_under_run_as_non_root_shows_the_kubelets_refusal_in_the_status(

@@ -44,7 +44,7 @@ def test_restart_while_gated_admits_no_gang_twice_and_loses_no_gate(
 
     # 1. Killed with a gated gang; one of its gated pods deleted meanwhile.
     op.kill()
-    jobs.core.delete_namespaced_pod("b-worker-2", namespace, grace_period_seconds=0)
+    jobs.core.delete_namespaced_pod("b-a1-worker-2", namespace, grace_period_seconds=0)
     op = restarted(operator_process, jobs, "probe-1")
     b_pods = jobs.wait_pods("b", lambda ps: len(ps) == 3, what="b-worker-2 recreated")
     assert all(p.spec.scheduling_gates and not p.spec.node_name for p in b_pods)  # the new pod is gated too
@@ -61,7 +61,7 @@ def test_restart_while_gated_admits_no_gang_twice_and_loses_no_gate(
     for name in a_pods:
         sim.make_pod_succeed(jobs.core, namespace, name)
     jobs.wait_pods("a", lambda ps: all(p.status.phase == "Succeeded" for p in ps), what="a's pods done")
-    jobs.core.patch_namespaced_pod("b-worker-0", namespace, [{"op": "remove", "path": "/spec/schedulingGates"}])
+    jobs.core.patch_namespaced_pod("b-a1-worker-0", namespace, [{"op": "remove", "path": "/spec/schedulingGates"}])
     jobs.wait_pods("b", lambda ps: any(p.spec.node_name for p in ps), what="b-worker-0 bound")
     restarted(operator_process, jobs, "probe-2")
     b_pods = jobs.wait_pods("b", all_running(3), timeout=60, what="b running whole")

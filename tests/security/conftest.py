@@ -36,4 +36,5 @@ def chart_operator(
     as_operator = service_account_kubeconfig(
         kubeconfig, core_v1, chart_install, SERVICE_ACCOUNT, tmp_path / "sa.kubeconfig"
     )
-    return operator_process(kubeconfig_path=as_operator)
+    # The chart's Role grants Leases in the release namespace only: the operator's own namespace in a pod.
+    return operator_process(kubeconfig_path=as_operator, env={"PHALANX_LEASE_NAMESPACE": chart_install})

@@ -52,7 +52,7 @@ def test_lifecycle_create_restart_scale_suspend_delete(
     assert job["status"]["worldSize"] == 2
 
     # Gang restart: one rank OOM-killed (exit 137) restarts the whole gang as attempt 2.
-    sim.make_pod_fail(jobs.core, namespace, "life-worker-1", exit_code=137, reason="OOMKilled")
+    sim.make_pod_fail(jobs.core, namespace, "life-a1-worker-1", exit_code=137, reason="OOMKilled")
     jobs.wait_pods("life", lambda ps: any(running(2, attempt=a)(ps) for a in (2, 3, 4)), what="a new attempt")
     status = jobs.get("life")["status"]
     assert status["restarts"] == 1 and status["attempt"] == 2, status  # one failure, one gang restart
@@ -147,14 +147,15 @@ def test_namespace_scoped_install_runs_jobs_in_its_namespace_only(
     values = {"scope": "namespace", "watchNamespace": namespace}
     with installed(kubeconfig, core_v1, "rbac-ns-chart", values=values) as (_, release_ns):
         as_operator = service_account_kubeconfig(kubeconfig, core_v1, release_ns, SERVICE_ACCOUNT, tmp_path / "sa")
-        op = operator_process(env={"PHALANX_WATCH_NAMESPACE": namespace}, kubeconfig_path=as_operator)
+        lease = {"PHALANX_LEASE_NAMESPACE": release_ns}  # the chart grants Leases in its own namespace only
+        op = operator_process(env={"PHALANX_WATCH_NAMESPACE": namespace, **lease}, kubeconfig_path=as_operator)
         elsewhere = JobClient(api_client, new_namespace(core_v1, "rbac-elsewhere"))
         try:
             elsewhere.create(job_manifest("ignored", replicas=1))
             jobs.create(job_manifest("local", replicas=2))
             jobs.wait_pods("local", running(2, attempt=1))
             jobs.wait_state("local", "Running")
-            sim.make_pod_fail(jobs.core, namespace, "local-worker-0", exit_code=137, reason="OOMKilled")
+            sim.make_pod_fail(jobs.core, namespace, "local-a1-worker-0", exit_code=137, reason="OOMKilled")
             jobs.wait_pods("local", running(2, attempt=2), what="gang restart")
             jobs.delete("local")
             jobs.wait_pods("local", lambda ps: not ps, what="pods garbage-collected")

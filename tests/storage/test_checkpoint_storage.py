@@ -83,7 +83,7 @@ def test_existing_claim_is_mounted_by_every_pod_of_every_attempt(
         assert mounts["/ckpt"] == "checkpoints"
         assert {e.name: e.value for e in p.spec.containers[0].env}["PHALANX_CHECKPOINT_DIR"] == "/ckpt"
     assert jobs.core.read_namespaced_persistent_volume_claim("shared", namespace).status.phase == "Bound"
-    sim.make_pod_fail(jobs.core, namespace, "ck-worker-0", exit_code=137)
+    sim.make_pod_fail(jobs.core, namespace, "ck-a1-worker-0", exit_code=137)
     pods = jobs.wait_pods(
         "ck", lambda ps: running(ps, 2) and {p.metadata.labels["phalanx.dev/attempt"] for p in ps} == {"2"}, timeout=90
     )

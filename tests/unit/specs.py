@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phalanx.api.models import TrainingJobSpec, TrainingJobStatus
-from phalanx.core.model import JobView, PodView
+from phalanx.core.model import JobView, PodRef, PodView
 
 NS = "team-a"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -39,7 +39,8 @@ def job(s: TrainingJobSpec, status: TrainingJobStatus | None = None, name: str =
 
 def pod(index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2, **kw: Any) -> PodView:
     return PodView(
-        name=f"j-worker-{index}",
+        name=f"j-a{attempt}-worker-{index}",
+        uid=f"uid-{index}-a{attempt}",
         index=index,
         attempt=attempt,
         phase=phase,
@@ -48,3 +49,8 @@ def pod(index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2,
         node="n1",
         **kw,
     )
+
+
+def refs(*indices: int, attempt: int = 1) -> list[PodRef]:
+    """What a plan deletes of the pods `pod(i, attempt)`: each by name and UID."""
+    return [PodRef(f"j-a{attempt}-worker-{i}", f"uid-{i}-a{attempt}") for i in indices]

@@ -233,6 +233,7 @@ class FakeOperator:
     """What the Admitter reads of the Operator: the kopf indexes (key -> list of values) and a kube."""
 
     def __init__(self, nodes: list[NodeView]) -> None:
+        self.leading = True  # the only replica
         self.kube = FakeKube()
         self.indices: dict[str, dict[Any, list[Any]]] = {
             "job_index": {},

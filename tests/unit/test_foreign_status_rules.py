@@ -8,7 +8,7 @@ from phalanx.core import conditions as cond
 from phalanx.core import names
 from phalanx.core.observe import foreign_status, job_view
 from phalanx.core.reconcile import reconcile
-from tests.unit.specs import T0, job, pod, spec
+from tests.unit.specs import T0, job, pod, refs, spec
 
 
 def running_status(attempt: int = 1) -> TrainingJobStatus:
@@ -79,7 +79,7 @@ def test_the_operators_own_attempt_ahead_of_the_pods_is_a_restart_in_progress() 
     s = running_status()
     s.attempt = 2  # written by phalanx (not foreign): attempt 1's pods must go first
     plan = reconcile(job(spec(), s), [pod(0), pod(1)], True, T0)
-    assert plan.status.attempt == 2 and sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+    assert plan.status.attempt == 2 and sorted(plan.delete_pods) == refs(0, 1)
 
 
 def test_a_terminal_condition_the_pods_agree_with_or_cannot_judge_is_kept() -> None:

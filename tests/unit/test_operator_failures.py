@@ -15,7 +15,7 @@ from phalanx.core import conditions as cond
 from phalanx.core.observe import job_view
 
 KEY = ("ns", "j")
-PSA = 'pods "j-worker-0" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true'
+PSA = 'pods "j-a1-worker-0" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true'
 
 
 def refused(status: int, message: str) -> ApiException:
@@ -47,7 +47,7 @@ class FakeKube:
     async def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason))
 
-    async def delete_pod(self, ns: str, name: str) -> None:
+    async def delete_pod(self, ns: str, name: str, uid: str) -> None:
         if self.delete_error is not None:
             raise self.delete_error
 
@@ -88,7 +88,9 @@ def test_a_refused_create_reaches_status_and_the_retry_waits_for_the_backoff() -
     asyncio.run(run())
     failure = cond.get(status(op), cond.REPLICA_FAILURE)
     assert failure is not None and failure.reason == "PodSecurityViolation"
-    assert failure.message.startswith("the apiserver refused Pod j-worker-0 (and 1 more): ") and PSA in failure.message
+    assert (
+        failure.message.startswith("the apiserver refused Pod j-a1-worker-0 (and 1 more): ") and PSA in failure.message
+    )
     assert ("Warning", "PodSecurityViolation") in kube.events
 
 

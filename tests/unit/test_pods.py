@@ -10,7 +10,10 @@ from tests.unit.specs import NS, spec
 def test_pod_identity_labels_owner_and_dns() -> None:
     pod = build_pod(Gang("bert", NS, "uid-7", spec(replicas=4), 2), 3)
     meta = pod["metadata"]
-    assert meta["name"] == "bert-worker-3"
+    # The name carries the attempt (a late delete by name never hits the next attempt's pod); the
+    # hostname does not (peers find rank 3 as bert-worker-3.bert in every attempt).
+    assert meta["name"] == "bert-a2-worker-3"
+    assert build_pod(Gang("bert", NS, "uid-7", spec(replicas=4), 3), 3)["metadata"]["name"] == "bert-a3-worker-3"
     assert meta["labels"] == {
         "phalanx.dev/job-name": "bert",
         "app.kubernetes.io/managed-by": "phalanx",

@@ -8,7 +8,7 @@ from phalanx.api.models import TrainingJobStatus
 from phalanx.core import conditions as cond
 from phalanx.core.model import Plan
 from phalanx.core.reconcile import AdmissionNote, reconcile
-from tests.unit.specs import T0, job, pod, spec
+from tests.unit.specs import T0, job, pod, refs, spec
 
 
 def status_after(plan: Plan) -> TrainingJobStatus:
@@ -19,7 +19,7 @@ def test_new_job_creates_service_and_gated_pods_first_attempt() -> None:
     plan = reconcile(job(spec(replicas=3)), [], service_exists=False, now=T0)
     kinds = [m["kind"] for m in plan.create]
     assert kinds == ["Service", "Pod", "Pod", "Pod"]
-    assert [m["metadata"]["name"] for m in plan.create[1:]] == ["j-worker-0", "j-worker-1", "j-worker-2"]
+    assert [m["metadata"]["name"] for m in plan.create[1:]] == ["j-a1-worker-0", "j-a1-worker-1", "j-a1-worker-2"]
     s = plan.status
     assert s.attempt == 1 and s.state == "Queued" and s.world_size == 3 and s.ready_summary == "0/3"
     admitted = cond.get(s, cond.ADMITTED)
@@ -30,7 +30,7 @@ def test_new_job_creates_service_and_gated_pods_first_attempt() -> None:
 def test_only_missing_ranks_are_created_never_duplicates() -> None:
     s = TrainingJobStatus(attempt=1)
     plan = reconcile(job(spec(replicas=4), s), [pod(0, replicas=4), pod(2, replicas=4)], True, T0)
-    assert [m["metadata"]["name"] for m in plan.create] == ["j-worker-1", "j-worker-3"]
+    assert [m["metadata"]["name"] for m in plan.create] == ["j-a1-worker-1", "j-a1-worker-3"]
 
 
 def test_admission_note_is_shown_while_gated() -> None:
@@ -75,16 +75,16 @@ def test_retryable_exit_restarts_whole_gang_as_new_attempt() -> None:
     plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)
     s = plan.status
     assert s.attempt == 2 and s.restarts == 1 and s.state == "Restarting"
-    assert sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+    assert sorted(plan.delete_pods) == refs(0, 1)
     assert not plan.create  # the barrier: no rank of attempt 2 while attempt 1 lives
     restarting = cond.get(s, cond.RESTARTING)
-    assert restarting is not None and "j-worker-1 exited with code 137 (OOMKilled)" in restarting.message
+    assert restarting is not None and "j-a1-worker-1 exited with code 137 (OOMKilled)" in restarting.message
 
 
 def test_old_attempt_pods_block_the_new_gang_until_gone() -> None:
     old = [pod(0, attempt=1, terminating=True), pod(1, attempt=1, phase="Failed", exit_code=137)]
     plan = reconcile(job(spec(), TrainingJobStatus(attempt=2, restarts=1)), old, True, T0)
-    assert plan.create == [] and plan.delete_pods == ["j-worker-1"]  # the terminating one is not deleted twice
+    assert plan.create == [] and plan.delete_pods == refs(1)  # the terminating one is not deleted twice
     plan = reconcile(job(spec(), TrainingJobStatus(attempt=2, restarts=1)), [], True, T0)
     assert {m["metadata"]["labels"]["phalanx.dev/attempt"] for m in plan.create if m["kind"] == "Pod"} == {"2"}
 
@@ -93,8 +93,8 @@ def test_permanent_exit_fails_at_once_and_cleans_running_pods() -> None:
     pods = [pod(0, phase="Failed", exit_code=1, reason="Error"), pod(1)]
     plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)
     failed = cond.get(plan.status, cond.FAILED)
-    assert failed is not None and failed.reason == "PodFailed" and "j-worker-0 exited with code 1" in failed.message
-    assert plan.status.restarts == 0 and plan.delete_pods == ["j-worker-1"]  # cleanPodPolicy Running
+    assert failed is not None and failed.reason == "PodFailed" and "j-a1-worker-0 exited with code 1" in failed.message
+    assert plan.status.restarts == 0 and plan.delete_pods == refs(1)  # cleanPodPolicy Running
     assert plan.status.completion_time == "2026-01-01T00:00:00Z"
 
 
@@ -132,7 +132,7 @@ def test_all_succeeded_succeeds_and_ttl_deletes_later() -> None:
 
 def test_suspend_deletes_pods_and_resume_is_a_new_attempt() -> None:
     plan = reconcile(job(spec(runPolicy={"suspend": True}), TrainingJobStatus(attempt=1)), [pod(0), pod(1)], True, T0)
-    assert plan.status.state == "Suspended" and sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+    assert plan.status.state == "Suspended" and sorted(plan.delete_pods) == refs(0, 1)
     resumed = reconcile(job(spec(), plan.status), [], True, T0)
     assert resumed.status.attempt == 2 and resumed.status.restarts == 0
     assert "Resumed" in [e.reason for e in resumed.events]
@@ -142,7 +142,7 @@ def test_replicas_change_restarts_at_new_world_size_without_counting_a_failure()
     plan = reconcile(job(spec(replicas=4), TrainingJobStatus(attempt=1)), [pod(0), pod(1)], True, T0)
     s = plan.status
     assert s.attempt == 2 and s.restarts == 0 and cond.get(s, cond.RESTARTING).reason == "Rescaling"  # type: ignore[union-attr]
-    assert sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+    assert sorted(plan.delete_pods) == refs(0, 1)
 
 
 def test_active_deadline_fails_the_job() -> None:
@@ -158,7 +158,7 @@ def test_startup_deadline_fails_with_the_pod_reason() -> None:
     pods = [pod(0), pod(1, phase="Pending", waiting_reason="ImagePullBackOff", message="pull access denied")]
     first = reconcile(job(s, TrainingJobStatus(attempt=1)), pods, True, T0)
     running = cond.get(first.status, cond.RUNNING)
-    assert running is not None and running.reason == "ImagePullBackOff" and "j-worker-1" in running.message
+    assert running is not None and running.reason == "ImagePullBackOff" and "j-a1-worker-1" in running.message
     assert first.requeue_after == 60
     later = reconcile(job(s, first.status), pods, True, T0 + timedelta(seconds=61))
     failed = cond.get(later.status, cond.FAILED)
@@ -203,7 +203,7 @@ def test_program_error_that_came_first_fails_the_job() -> None:
     ]
     plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), pods, True, T0)
     failed = cond.get(plan.status, cond.FAILED)
-    assert failed is not None and "j-worker-0 exited with code 1" in failed.message
+    assert failed is not None and "j-a1-worker-0 exited with code 1" in failed.message
 
 
 def test_event_names_the_step_a_restarted_gang_resumed_from_once() -> None:

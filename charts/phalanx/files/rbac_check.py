@@ -58,6 +58,9 @@ NEEDED = [
     *accesses("list watch", "customresourcedefinitions", "apiextensions.k8s.io", namespaced=False),
 ]
 
+# Leader election: one Lease, in the release namespace only.
+LEASES = accesses("get create update", "leases", "coordination.k8s.io")
+
 # kopf run --namespace: its namespace observer lists and watches namespaces.
 NAMESPACED_INSTALL_NEEDS = accesses("list watch", "namespaces", namespaced=False)
 
@@ -104,6 +107,11 @@ def run(scope: str, watch_namespace: str, release_namespace: str, outside_namesp
     needed = NEEDED + (NAMESPACED_INSTALL_NEEDS if scope == "namespace" else [])
     for access in needed:
         check(allowed(authz, access, where), f"can    {access.describe(where)}")
+    elsewhere = [ns for ns in dict.fromkeys([outside_namespace, watch_namespace]) if ns and ns != release_namespace]
+    for access in LEASES:
+        check(allowed(authz, access, release_namespace), f"can    {access.describe(release_namespace)}")
+        for ns in elsewhere if scope == "namespace" else [outside_namespace]:
+            check(not allowed(authz, access, ns), f"cannot {access.describe(ns)}")
     # Secrets are refused everywhere: in the operator's own namespace, the watched one, cluster-wide.
     for ns in dict.fromkeys([release_namespace, watch_namespace, ""]):
         for access in FORBIDDEN:

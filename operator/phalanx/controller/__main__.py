@@ -9,12 +9,13 @@ import sys
 from kopf.cli import main
 
 from phalanx.controller.config import ConfigError
+from phalanx.core.lease import LeaseConfigError
 
 if __name__ == "__main__":
     try:
         # Reads and checks every setting; kopf's `-m` below then finds the module already loaded.
         importlib.import_module("phalanx.controller.main")
-    except ConfigError as e:
+    except (ConfigError, LeaseConfigError) as e:
         print(f"phalanx operator: bad setting: {e}", file=sys.stderr)
         sys.exit(2)
     namespace = os.environ.get("PHALANX_WATCH_NAMESPACE")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from phalanx.controller import metrics
 from phalanx.controller.caches import JobKey, accelerator_requests
-from phalanx.controller.kube import api_error_message
+from phalanx.controller.kube import NotLeading, api_error_message
 from phalanx.core import admission as adm
 from phalanx.core import names
 from phalanx.core.gang import Gang
@@ -99,6 +99,8 @@ class Admitter:
             try:
                 decision = await self.admit_once()
                 waiting = any(not w.fatal for w in decision.waiting.values())
+            except NotLeading:
+                pass  # leadership lapsed during the pass; the next leader decides afresh
             except Exception as exc:
                 log.warning("gang admission failed: %s", api_error_message(exc))
             # Coalesce bursts of pod and node events into one decision. A pass computes on the event
@@ -156,6 +158,8 @@ class Admitter:
     async def admit_once(self) -> adm.Decision:
         """One decision over the caches: O(jobs) to find the gangs that wait; only when some do, also
         O(nodes + accelerator pods bound + pods of waiting jobs)."""
+        if not self.op.leading:
+            return adm.Decision()  # a standby decides nothing; it is woken when it leads
         indices = self.op.indices
         began = time.perf_counter()
         queue: list[adm.GangDemand] = []

@@ -90,6 +90,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
 
     @kopf.on.event("persistentvolumeclaims", registry=registry)
     async def claim_event(**kw: Any) -> None:
+        op.caches_warm()
         op.claim_changed(kw["namespace"], kw["name"])
 
     @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", registry=registry, id="priority_index")
@@ -99,12 +100,14 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     # --- triggers ---------------------------------------------------------------------------------
     @kopf.on.event(*JOBS_RESOURCE, registry=registry)
     async def job_event(**kw: Any) -> None:
+        op.caches_warm()
         op.enqueue((kw["namespace"], kw["name"]))
         if kw["type"] == "DELETED":
             op.admitter.wake()
 
     @kopf.on.event("pods", labels=MANAGED, registry=registry)
     async def pod_event(**kw: Any) -> None:
+        op.caches_warm()
         op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
 
     def frees_accelerators(body: kopf.Body, type: str | None, **_: Any) -> bool:
@@ -113,14 +116,17 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
 
     @kopf.on.event("pods", registry=registry, when=frees_accelerators)
     async def accelerator_pod_ended(**_: Any) -> None:
+        op.caches_warm()
         op.admitter.wake()  # its GPUs/TPUs are free: a waiting gang may fit now
 
     @kopf.on.event("services", labels=MANAGED, registry=registry)
     async def service_event(**kw: Any) -> None:
+        op.caches_warm()
         op.enqueue(caches.job_key_of_pod(kw["labels"], kw["namespace"]))
 
     @kopf.on.event("nodes", registry=registry)
     async def node_event(body: kopf.Body, **kw: Any) -> None:
+        op.caches_warm()
         op.admitter.node_changed(kw["name"], None if kw["type"] == "DELETED" else caches.node_entry(body))
 
     return registry

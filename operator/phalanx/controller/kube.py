@@ -22,7 +22,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from phalanx.api.models import GROUP, PLURAL, VERSION
-from phalanx.controller.slots import CREATE, EVENT, UNGATE, WRITE, PrioritySlots
+from phalanx.controller.slots import CREATE, EVENT, LEASE, UNGATE, WRITE, PrioritySlots
 from phalanx.core.names import FIELD_MANAGER
 from phalanx.core.refusal import is_refusal
 
@@ -31,6 +31,11 @@ T = TypeVar("T")
 
 class Conflict(Exception):
     """The object changed since it was read (resourceVersion precondition failed)."""
+
+
+class NotLeading(Exception):
+    """A write was refused in this process: this replica does not hold the leader lease (a standby, or a
+    leader that could not renew in time). Nothing was sent."""
 
 
 class Kube:
@@ -45,12 +50,22 @@ class Kube:
         self.api = kubernetes.client.ApiClient(cfg)
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.coordination = kubernetes.client.CoordinationV1Api(self.api)
+        # Asked before every write: only the leader acts (controller/election.py sets it). The one
+        # place every create, delete, patch and Event passes, so no code path can act from a standby.
+        self.may_write: Callable[[], bool] = lambda: True
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
         self._slots = PrioritySlots(concurrency)
 
     async def _run(self, priority: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._call(priority, fn, *args, gated=True, **kwargs)
+
+    async def _call(self, priority: int, fn: Callable[..., T], *args: Any, gated: bool = False, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         async with self._slots.slot(priority):  # so the pool's threads are free whenever a slot is
+            # Asked once the slot is ours, right before sending: waiting for a slot can take a while.
+            if gated and not self.may_write():
+                raise NotLeading(getattr(fn, "__name__", "write"))
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def create(self, manifest: dict[str, Any]) -> bool:
@@ -69,13 +84,44 @@ class Kube:
             raise
         return True
 
-    async def delete_pod(self, namespace: str, name: str) -> None:
-        """Graceful: the pod's own terminationGracePeriodSeconds lets the trainer checkpoint."""
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Graceful: the pod's own terminationGracePeriodSeconds lets the trainer checkpoint. Only the pod
+        of this UID: a delete decided on a stale cache never removes a newer pod of the same name."""
+        body = kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid=uid))
         try:
-            await self._run(WRITE, self.core.delete_namespaced_pod, name, namespace)
+            await self._run(WRITE, self.core.delete_namespaced_pod, name, namespace, body=body)
         except ApiException as exc:
-            if exc.status != 404:
+            # 404: gone already; 409: the precondition failed, the name is another pod's now.
+            if exc.status not in (404, 409):
                 raise
+
+    # --- the leader Lease (never gated: a standby must be able to contend for it) ---------------------
+    async def read_lease(self, namespace: str, name: str) -> kubernetes.client.V1Lease | None:
+        try:
+            lease: kubernetes.client.V1Lease = await self._call(
+                LEASE, self.coordination.read_namespaced_lease, name, namespace
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return lease
+
+    async def write_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str | None) -> str:
+        """Create the Lease (resource_version None) or replace it only if it is unchanged since read;
+        the new resourceVersion. Conflict when someone else wrote or created it first."""
+        body = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        try:
+            if resource_version is None:
+                result = await self._call(LEASE, self.coordination.create_namespaced_lease, namespace, body)
+            else:
+                body["metadata"]["resourceVersion"] = resource_version
+                result = await self._call(LEASE, self.coordination.replace_namespaced_lease, name, namespace, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"lease {namespace}/{name}") from exc
+            raise
+        return str(result.metadata.resource_version)
 
     async def ungate_pod(self, namespace: str, name: str, also: list[dict[str, Any]] | None = None) -> None:
         """Lift the pod's scheduling gates. `also`: JSON-patch ops sent in the same atomic patch (the
@@ -138,7 +184,7 @@ class Kube:
         }
         try:
             await self._run(EVENT, self.core.create_namespaced_event, meta["namespace"], event)
-        except ApiException as exc:  # events are best effort; never fail a reconcile for one
+        except (ApiException, NotLeading) as exc:  # events are best effort; never fail a reconcile for one
             logging.getLogger("phalanx").debug("event not posted: %s", api_error_message(exc))
 
     async def delete_job(self, namespace: str, name: str) -> None:

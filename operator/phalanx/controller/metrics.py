@@ -54,6 +54,7 @@ ADMISSION_WAIT = Histogram(
     "Seconds a gang waited for the built-in gang admission (from Admitted=False to its gates lifted).",
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 14400),
 )
+LEADER = Gauge(f"{PREFIX}_leader", "1 while this replica holds the leader Lease and acts; 0 while it stands by.")
 ADMISSIONS = Counter(f"{PREFIX}_admissions_total", "Gangs admitted by the built-in gang admission.")
 RECONCILE_DURATION = Histogram(
     f"{PREFIX}_reconcile_duration_seconds",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -14,11 +16,13 @@ from phalanx.controller import caches, metrics
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
-from phalanx.controller.kube import Conflict, Kube, api_error_message, refusal_of
+from phalanx.controller.election import Elector, settings_from_env
+from phalanx.controller.kube import Conflict, Kube, NotLeading, api_error_message, refusal_of
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
 from phalanx.core.gang import Gang
+from phalanx.core.lease import LeaseSettings
 from phalanx.core.model import JobView, Plan, PodView
 from phalanx.core.observe import format_time, job_view
 from phalanx.core.pods import gated
@@ -47,8 +51,16 @@ def _rv(value: str | None) -> int:
 
 
 class Operator:
-    def __init__(self, workers: int = 8, api_concurrency: int = 16) -> None:
+    def __init__(
+        self, workers: int = 8, api_concurrency: int = 16, election: LeaseSettings | None = None
+    ) -> None:
         self.queue = WorkQueue()
+        # Leader election (controller/election.py); read here so that bad settings stop the operator at once.
+        self.election = election if election is not None else settings_from_env()
+        self.elector: Elector | None = None
+        self._election: asyncio.Task[None] | None = None
+        self._releasing: asyncio.Task[None] | None = None
+        self._warm: asyncio.Event | None = None  # set once kopf has filled every cache
         self.workers = workers
         self.api_concurrency = api_concurrency
         self.kube: Kube | None = None
@@ -72,17 +84,73 @@ class Operator:
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.indices = indices
         self.kube = Kube(concurrency=self.api_concurrency)
+        self._warm = asyncio.Event()
+        if self.election.enabled:
+            self.elector = Elector(self.kube, self.election, self._started_leading)
+            self.kube.may_write = lambda: self.elector is not None and self.elector.leading
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(asyncio.create_task(self.admitter.run()))
         self._tasks.append(asyncio.create_task(self.scraper.run()))
         self._tasks.append(asyncio.create_task(metrics.refresh_forever(self._job_bodies, lambda: len(self.queue))))
+        if self.elector is not None:
+            self._election = asyncio.create_task(self.elector.run(self._warm))
+            self._tasks.append(self._election)
+            self._release_on_sigterm()
+        else:
+            metrics.LEADER.set(1)
+
+    def _release_on_sigterm(self) -> None:
+        """Stop acting and release the lease the moment SIGTERM arrives, not when kopf's cleanup runs
+        (kopf keeps dispatching events for a while after the signal; the standby should not wait).
+
+        kopf's own SIGTERM handling is untouched: asyncio learns of the signal through its wakeup fd,
+        whatever the Python-level handler is, and that is the only thing replaced (and chained) here."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # an operator run in a test thread: kopf ignores signals there too
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            loop.call_soon_threadsafe(self.shutting_down)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def shutting_down(self) -> None:
+        """Stop contending, stop acting, and hand the lease over now."""
+        if self.elector is None or self._releasing is not None:
+            return
+        if self._election is not None:
+            self._election.cancel()
+        self._releasing = asyncio.create_task(self.elector.release())
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.elector is not None:
+            self.shutting_down()  # if SIGTERM did not already
+            assert self._releasing is not None
+            await self._releasing
         if self.kube:
             self.kube.close()
+
+    # --- leadership ------------------------------------------------------------------------------
+    @property
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading
+
+    def caches_warm(self) -> None:
+        """kopf calls event handlers only once every index is filled: the first call says so."""
+        if self._warm is not None:
+            self._warm.set()
+
+    def _started_leading(self) -> None:
+        """Act at once: every job is reconciled from the warm caches, and admission decides."""
+        for key in list(self.indices.get("job_index", {})):
+            self.enqueue(key)
+        self.admitter.wake()
 
     # --- cache reads -----------------------------------------------------------------------------
     def _one(self, index: str, key: object) -> Any | None:
@@ -122,11 +190,15 @@ class Operator:
             key: JobKey = await self.queue.get()  # type: ignore[assignment]
             started = time.monotonic()
             try:
+                if not self.leading:
+                    continue  # a standby only keeps its caches; it queues every job when it leads
                 wait = self.errors.wait_left(key, _generation(self.job_body(key)))
                 if wait > 0:
                     self.queue.add_after(key, wait)  # failing: events do not shorten its backoff
                     continue
                 await self.reconcile(key)
+            except NotLeading:
+                pass  # leadership lapsed mid-reconcile: the next leader reconciles this job afresh
             except Exception as exc:  # one bad job never stops the others
                 metrics.RECONCILE_ERRORS.labels(reason=type(exc).__name__).inc()
                 await self._failed(key, exc)
@@ -243,7 +315,7 @@ class Operator:
         for e in plan.events:
             self._post(ref, e.type, e.reason, e.message)
         if plan.delete_pods:
-            await asyncio.gather(*(self.kube.delete_pod(ns, p) for p in plan.delete_pods))
+            await asyncio.gather(*(self.kube.delete_pod(ns, p.name, p.uid) for p in plan.delete_pods))
         if plan.create:
             wait = self.refused.wait_left(key, job.generation)
             if wait > 0:

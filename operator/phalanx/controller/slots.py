@@ -12,6 +12,7 @@ import heapq
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+LEASE = -1  # the leader's renew: late, and the leader must stop acting
 UNGATE = 0  # hands admitted pods to the scheduler
 WRITE = 1  # status writes and deletes: they record and carry out decisions
 CREATE = 2  # new objects: the bulk of a burst

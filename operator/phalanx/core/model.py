@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from phalanx.api.models import TrainingJobSpec, TrainingJobStatus
 
@@ -54,6 +54,14 @@ class PodView:
     replicas: int | None = None  # gang size this pod was created for
     finished_at: str | None = None  # the trainer container's terminated.finishedAt (RFC 3339, seconds)
     ip: str | None = None  # status.podIP, where the trainer serves its metrics
+    uid: str = ""  # deletes carry it as a precondition
+
+
+class PodRef(NamedTuple):
+    """A pod to delete: by name, and only if it is still the pod of this UID."""
+
+    name: str
+    uid: str
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ class Plan:
     # writes; anything else (attempt, a condition's status or reason, times) is written at once.
     progress_only: bool = False
     create: list[Manifest] = field(default_factory=list)
-    delete_pods: list[str] = field(default_factory=list)
+    delete_pods: list[PodRef] = field(default_factory=list)
     delete_job: bool = False
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None

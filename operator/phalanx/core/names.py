@@ -22,8 +22,15 @@ CHECKPOINT_VOLUME: Final = "checkpoints"
 DNS_LABEL_MAX: Final = 63
 
 
-def pod_name(job: str, index: int) -> str:
+def hostname(job: str, index: int) -> str:
+    """A rank's hostname, the same in every attempt: peers find it as <hostname>.<service>."""
     return f"{job}-{ROLE_WORKER}-{index}"
+
+
+def pod_name(job: str, index: int, attempt: int) -> str:
+    """A pod's name differs per attempt, so a delete by name that arrives late (from anyone: kwok v0.8.0
+    deletes by name, a user's kubectl, a stale replica) can only hit the old pod, never its successor."""
+    return f"{job}-a{attempt}-{ROLE_WORKER}-{index}"
 
 
 def service_name(job: str) -> str:
@@ -36,7 +43,7 @@ def checkpoint_claim_name(job: str) -> str:
 
 def pod_dns(job: str, namespace: str, index: int) -> str:
     """The stable DNS name the headless Service gives a rank's pod."""
-    return f"{pod_name(job, index)}.{service_name(job)}.{namespace}.svc"
+    return f"{hostname(job, index)}.{service_name(job)}.{namespace}.svc"
 
 
 def selector(job: str) -> str:
@@ -44,5 +51,5 @@ def selector(job: str) -> str:
 
 
 def max_job_name_length(replicas: int) -> int:
-    """Pod names double as hostnames, so <job>-worker-<index> must fit a DNS label."""
+    """A rank's hostname <job>-worker-<index> must fit a DNS label."""
     return DNS_LABEL_MAX - len(f"-{ROLE_WORKER}-{replicas - 1}")

@@ -68,6 +68,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     reason = (terminated or {}).get("reason") or status.get("reason")
     return PodView(
         name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
         index=_int(labels.get(names.LABEL_INDEX), -1),
         attempt=_int(labels.get(names.LABEL_ATTEMPT), 0),
         phase=phase,

@@ -151,7 +151,7 @@ def build_pod(gang: Gang, index: int) -> Manifest:
     container = next(c for c in pod_spec["containers"] if c["name"] == names.TRAINER_CONTAINER)
     adapter = adapter_for(spec.effective_strategy())
 
-    name = names.pod_name(gang.job, index)
+    name = names.pod_name(gang.job, index, gang.attempt)
     labels = {
         **meta_in.get("labels", {}),
         **job_labels(gang),
@@ -174,7 +174,7 @@ def build_pod(gang: Gang, index: int) -> Manifest:
     _placement(gang, pod_spec, container)
     _volumes(gang, pod_spec, container)
     pod_spec["restartPolicy"] = "Never"  # the operator restarts whole gangs, never single ranks
-    pod_spec["hostname"] = name
+    pod_spec["hostname"] = names.hostname(gang.job, index)
     pod_spec["subdomain"] = names.service_name(gang.job)
     pod_spec.setdefault("enableServiceLinks", False)
     if gated(gang):

@@ -19,7 +19,7 @@ from phalanx.core import names, storage
 from phalanx.core import telemetry as tm
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
-from phalanx.core.model import Event, JobView, Plan, PodView
+from phalanx.core.model import Event, JobView, Plan, PodRef, PodView
 from phalanx.core.observe import format_time, parse_time, seconds_left
 from phalanx.core.pods import build_pod, build_service, gated
 from phalanx.core.refusal import CreateRefusal
@@ -52,7 +52,7 @@ class _Step:
         cond.set_condition(self.status, type_, value, reason, message, self.job.generation, self.now)
 
     def delete(self, pods: Sequence[PodView]) -> None:
-        self.plan.delete_pods += [p.name for p in pods if not p.terminating]
+        self.plan.delete_pods += [PodRef(p.name, p.uid) for p in pods if not p.terminating]
 
     def fail(self, reason: str, message: str, pods: Sequence[PodView]) -> Plan:
         self.condition(cond.FAILED, True, reason, message)

@@ -17,7 +17,7 @@ def validate(job_name: str, spec: TrainingJobSpec) -> list[str]:
     if len(job_name) > limit:
         problems.append(
             f"metadata.name: '{job_name}' is {len(job_name)} characters; with {spec.replicas} replicas "
-            f"pod names <name>-worker-<i> must fit 63, so the name may have at most {limit}"
+            f"rank hostnames <name>-worker-<i> must fit 63, so the name may have at most {limit}"
         )
     if not _DNS_1035.match(job_name):
         problems.append(

@@ -121,6 +121,31 @@ class Operator(Values):
     """How often each running job's trainer pods are scraped for throughput (PHALANX_SCRAPE_INTERVAL_SECONDS)."""
 
 
+class LeaderElection(Values):
+    """The Lease the replicas elect a leader on (coordination.k8s.io, in the release namespace). Only the
+    leader acts; the others keep warm caches and take over when it stops renewing, or at once when it
+    releases the lease on shutdown. The operator refuses to start unless duration > renew deadline >
+    retry period."""
+
+    lease_duration_seconds: StrictInt = Field(default=15, ge=2, le=3600)
+    """How long a standby waits, after the leader's last renew it saw, before it takes over a leader that
+    died without releasing the lease (SIGKILL, node loss) (PHALANX_LEASE_DURATION_SECONDS)."""
+    renew_deadline_seconds: StrictInt = Field(default=10, ge=1, le=3600)
+    """A leader that could not renew for this long stops acting, before any standby may take over
+    (PHALANX_LEASE_RENEW_DEADLINE_SECONDS)."""
+    retry_period_seconds: Annotated[float, Field(gt=0, le=600)] = 1
+    """How often the leader renews and a standby looks at the lease; a released lease is taken within one
+    period (PHALANX_LEASE_RETRY_PERIOD_SECONDS)."""
+
+
+class PodDisruptionBudget(Values):
+    enabled: StrictBool = True
+    """A PodDisruptionBudget for the operator pods (rendered only with more than one replica: with one, a
+    minAvailable of 1 would block every node drain)."""
+    min_available: StrictInt = Field(default=1, ge=0)
+    """Operator pods a voluntary disruption (a drain) must leave running."""
+
+
 class Resources(Values):
     cpu: Quantity = None
     memory: Quantity = None
@@ -194,6 +219,10 @@ class ChartValues(Values):
     """With scope=namespace: the namespace to watch; empty means the release namespace."""
     rbac: Rbac = Rbac()
     service_account: ServiceAccount = ServiceAccount()
+    replicas: StrictInt = Field(default=2, ge=1, le=10)
+    """Operator pods: one leads and acts, the others stand by with warm caches (leaderElection)."""
+    leader_election: LeaderElection = LeaderElection()
+    pod_disruption_budget: PodDisruptionBudget = PodDisruptionBudget()
     operator: Operator = Operator()
     resources: ResourceRequirements = ResourceRequirements()
     """The operator container's requests and limits."""
