@@ -37,7 +37,9 @@ def job(s: TrainingJobSpec, status: TrainingJobStatus | None = None, name: str =
     )
 
 
-def pod(index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2, **kw: Any) -> PodView:
+def pod(
+    index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2, node: str = "n1", **kw: Any
+) -> PodView:
     return PodView(
         name=f"j-worker-{index}",
         index=index,
@@ -45,6 +47,6 @@ def pod(index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2,
         phase=phase,
         ready=phase == "Running",
         replicas=replicas,
-        node="n1",
+        node=node,
         **kw,
     )

@@ -77,6 +77,28 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    async def force_delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Grace 0, for a pod whose node is lost (no kubelet will confirm a graceful delete). The UID
+        precondition makes sure it is this very pod: a newer pod of the same name is never touched."""
+        body = kubernetes.client.V1DeleteOptions(
+            grace_period_seconds=0, preconditions=kubernetes.client.V1Preconditions(uid=uid)
+        )
+        try:
+            await self._run(WRITE, self.core.delete_namespaced_pod, name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # 409: the UID differs, so that pod is already gone
+                raise
+
+    async def node_exists(self, name: str) -> bool:
+        """Whether the node exists, asked of the apiserver: the node cache may lag the pod cache."""
+        try:
+            await self._run(WRITE, self.core.read_node, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def ungate_pod(self, namespace: str, name: str, also: list[dict[str, Any]] | None = None) -> None:
         """Lift the pod's scheduling gates. `also`: JSON-patch ops sent in the same atomic patch (the
         admitter's node preference, which the API accepts only while the pod is gated); if the

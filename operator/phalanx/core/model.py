@@ -54,6 +54,7 @@ class PodView:
     replicas: int | None = None  # gang size this pod was created for
     finished_at: str | None = None  # the trainer container's terminated.finishedAt (RFC 3339, seconds)
     ip: str | None = None  # status.podIP, where the trainer serves its metrics
+    uid: str = ""  # metadata.uid: the precondition of a force delete, so only this very pod goes
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class Plan:
     progress_only: bool = False
     create: list[Manifest] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
+    # (name, uid) of pods on a lost node: deleted at once (grace 0) with a UID precondition, since no
+    # kubelet is left to finish a graceful delete (core/nodeloss.py).
+    force_delete_pods: list[tuple[str, str]] = field(default_factory=list)
     delete_job: bool = False
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None

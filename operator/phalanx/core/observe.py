@@ -86,6 +86,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         replicas=_int((meta.get("annotations") or {}).get(names.ANNOTATION_REPLICAS), 0) or None,
         ip=status.get("podIP"),
         finished_at=(terminated or {}).get("finishedAt"),
+        uid=str(meta.get("uid") or ""),
     )
 
 
