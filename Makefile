@@ -8,7 +8,7 @@ PROFILE ?= default
 export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
-.PHONY: help deps binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator
+.PHONY: help deps binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench operator chaos chaos-fuzz
 
 help:
 	@echo "make demo            run the main example job on a local cluster, end to end"
@@ -17,6 +17,7 @@ help:
 	@echo "make images          build the operator and trainer images here (ACCELERATOR=cpu|cuda; cached)"
 	@echo "make generate        regenerate the CRD, chart copies, values schema, dashboards and API docs"
 	@echo "make bench           run the benchmarks (results in bench-results/)"
+	@echo "make chaos           long fault runs: chaos-fuzz applies 10,000 fuzzed manifests"
 
 deps:  ## Python packages for the operator, the trainers and the tests
 	$(PYTHON) -m pip install -q -e ".[dev,torch,tensorflow]"
@@ -67,3 +68,11 @@ demo: binaries
 
 bench: binaries
 	$(PYTHON) -m bench
+
+# Long fault runs, outside `make test`. chaos-fuzz: 10,000 seeded TrainingJob manifests against a fresh
+# control plane with the operator running (tests/fuzz; FUZZ_ARGS=--seed N to vary them).
+FUZZ_ARGS ?=
+chaos: chaos-fuzz
+
+chaos-fuzz: binaries
+	$(PYTHON) -m tests.fuzz --count 10000 $(FUZZ_ARGS)

@@ -33,6 +33,10 @@ class Conflict(Exception):
     """The object changed since it was read (resourceVersion precondition failed)."""
 
 
+class Gone(Exception):
+    """The object was deleted since it was read: its DELETED event is on its way."""
+
+
 class Kube:
     def __init__(self, concurrency: int = 16) -> None:
         try:
@@ -133,6 +137,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"{namespace}/{name}") from exc
+            if exc.status == 404:
+                raise Gone(f"{namespace}/{name}") from exc
             raise
         return str(result["metadata"]["resourceVersion"])
 

@@ -15,7 +15,7 @@ from phalanx.controller import caches, metrics
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
-from phalanx.controller.kube import Conflict, Kube, api_error_message, refusal_of
+from phalanx.controller.kube import Conflict, Gone, Kube, api_error_message, refusal_of
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
@@ -275,6 +275,8 @@ class Operator:
             except Conflict:
                 self.queue.add_after(key, 0.2)
                 return  # the plan was made from a stale job; redo it from the fresh one
+            except Gone:
+                return  # deleted meanwhile: nothing is left to do, and its DELETED event forgets it
             self._written[key] = _rv(rv)
             self._wrote_at[key] = time.monotonic()
             metrics.observe_transition(job, plan.status)
