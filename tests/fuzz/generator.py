@@ -132,6 +132,26 @@ SPEC_TARGETS: list[tuple[str, ...]] = [
 ]
 
 
+# Changes a user makes to a live job, valid ones: applied as spec updates next to mutated ones.
+SIM = "sim.phalanx.dev/"
+LIVE_CHANGES: list[tuple[tuple[str, ...], Any]] = [
+    (("replicas",), 1),
+    (("replicas",), 3),
+    (("runPolicy", "suspend"), True),
+    (("runPolicy", "suspend"), False),
+    (("runPolicy", "backoffLimit"), 0),
+    (("runPolicy", "activeDeadlineSeconds"), 1),
+    (("runPolicy", "ttlSecondsAfterFinished"), 0),
+    (("runPolicy", "nodeLostGraceSeconds"), 0),
+    (("runPolicy", "cleanPodPolicy"), "All"),
+    (("runPolicy", "restartOn"), "always"),
+    (("resources", "gpus"), 0),
+    (("scheduling", "gang"), False),
+    (("template", "metadata", "annotations"), {SIM + "outcome": "fail", SIM + "exit-code": "137"}),
+    (("template", "metadata", "annotations"), {SIM + "outcome": "succeed"}),
+]
+
+
 @dataclass(frozen=True)
 class Case:
     """One manifest and what was done to it (for the report)."""
@@ -214,13 +234,15 @@ class Generator:
             return copy.deepcopy(self.rng.choice(SHAPES))
         return deep(self.rng.choice([8, 40, 120]), self.rng.choice(NUMBERS + TEXTS))
 
-    def mutate(self, body: dict[str, Any]) -> str:
-        """One mutation of the manifest, in place; returns what it did."""
+    def mutate(self, body: dict[str, Any], spec_only: bool = False) -> str:
+        """One mutation of the manifest, in place (of its spec only with `spec_only`); returns what it did."""
         spec = body.setdefault("spec", {})
         kind = self.rng.choices(
             ["spec-target", "random-path", "delete", "unknown-key", "retype", "template-junk", "name", "top"],
             weights=[30, 15, 12, 6, 10, 22, 3, 2],
         )[0]
+        if spec_only and kind in ("name", "top"):
+            kind = "spec-target"
         if kind == "spec-target" or (kind in ("random-path", "delete", "retype") and not isinstance(spec, dict)):
             path = self.rng.choice(SPEC_TARGETS)
             value = self.value()
@@ -271,9 +293,24 @@ class Generator:
         _set(spec, path, value)
         return f"spec.{'.'.join(map(str, path))} = {_short(value)}"
 
+    def live_change(self, body: dict[str, Any]) -> str:
+        """A valid change of a live job's spec, in place; returns what it did."""
+        path, value = self.rng.choice(LIVE_CHANGES)
+        _set(body, ("spec", *path), copy.deepcopy(value))
+        return f"spec.{'.'.join(path)} = {_short(value)}"
+
     def case(self, index: int) -> Case:
         body = copy.deepcopy(self.rng.choice(self.bases))
         body["metadata"] = {"name": f"fz-{index}"}
+        if self.rng.random() < 0.4:
+            # Without accelerators or checkpoint storage the example runs on the simulated cpu node at once,
+            # so the mutations meet running gangs too, not only gangs queued for GPUs.
+            spec = body["spec"]
+            spec.pop("checkpoint", None)
+            if spec.get("strategy") == "tpu":
+                del spec["strategy"]
+            spec["resources"] = {}
+            spec["replicas"] = self.rng.choice([1, 2])
         # A fifth stays a valid example (renamed): accepted jobs must keep working among the junk.
         count = 0 if self.rng.random() < 0.2 else self.rng.choice([1, 1, 1, 2, 3])
         done = tuple(self.mutate(body) for _ in range(count))

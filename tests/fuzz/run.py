@@ -12,6 +12,7 @@ batch; so live objects stay bounded and 2,000 manifests take a few minutes on 2 
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import re
 import time
@@ -40,6 +41,8 @@ class Report:
     refused: int = 0
     accepted: int = 0
     invalid_spec: int = 0  # accepted, then Failed with InvalidSpec by the operator
+    updates: int = 0  # accepted jobs whose spec was then changed by a mutated merge patch
+    updates_refused: int = 0
     states: collections.Counter[str] = field(default_factory=collections.Counter)
     refusal_kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     status_seconds_max: float = 0.0
@@ -52,7 +55,8 @@ class Report:
         lines = [
             f"{self.cases} manifests in {self.seconds:.0f} s: {self.refused} refused by the apiserver naming a field, "
             f"{self.accepted} accepted ({self.invalid_spec} of them InvalidSpec); slowest first status "
-            f"{self.status_seconds_max:.1f} s; canary {self.canary}",
+            f"{self.status_seconds_max:.1f} s; {self.updates} spec updates ({self.updates_refused} refused); "
+            f"canary {self.canary}",
             f"states of accepted jobs: {dict(self.states.most_common())}",
             f"refusals by field: {dict(self.refusal_kinds.most_common(12))}",
             f"defects: {len(self.defects)}; operator log defects: {len(self.log_defects)}",
@@ -83,8 +87,8 @@ def _field_kind(path: str) -> str:
 
 
 class Fuzz:
-    def __init__(self, api: client.ApiClient, namespace: str, log: Callable[[str], None] = print) -> None:
-        self.api, self.ns, self.log = api, namespace, log
+    def __init__(self, api: client.ApiClient, namespace: str, seed: int, log: Callable[[str], None] = print) -> None:
+        self.api, self.ns, self.log, self.seed = api, namespace, log, seed
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.report = Report()
@@ -107,7 +111,25 @@ class Fuzz:
             return case, None
         return case, time.monotonic()
 
-    def _refused(self, case: Case, exc: ApiException) -> None:
+    def update(self, case: Case) -> tuple[Case, bool]:
+        """Change an accepted job's spec, by a valid change a user makes to a live job or by one more
+        mutation, as a merge patch (what `kubectl patch` sends); (case, whether the apiserver took it)."""
+        changed = Generator(self.seed * 100_003 + case.index)
+        body = {"spec": copy.deepcopy(case.manifest.get("spec"))}
+        what = changed.live_change(body) if case.index % 2 else changed.mutate(body, spec_only=True)
+        mutated = Case(case.index, case.manifest, (*case.mutations, f"then {what}"))
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, self.ns, PLURAL, case.name, {"spec": body["spec"]}, field_validation="Strict"
+            )
+        except ApiException as exc:
+            self._refused(mutated, exc, counted=False)
+            return mutated, False
+        except (ValueError, TypeError):
+            return mutated, False
+        return mutated, True
+
+    def _refused(self, case: Case, exc: ApiException, counted: bool = True) -> None:
         try:
             body = json.loads(exc.body or "{}")
         except ValueError:
@@ -123,8 +145,9 @@ class Fuzz:
                 f"case {case.index} ({'; '.join(case.mutations)}): refused naming no field: {body.get('message')}"
             )
             return
-        self.report.refused += 1
-        self.report.refusal_kinds[_field_kind(named)] += 1
+        if counted:
+            self.report.refused += 1
+            self.report.refusal_kinds[_field_kind(named)] += 1
 
     def batch(self, cases: list[Case]) -> None:
         with ThreadPoolExecutor(PARALLEL) as pool:
@@ -146,14 +169,40 @@ class Fuzz:
             self.report.defects.append(
                 f"case {case.index} ({'; '.join(case.mutations)}): accepted but no status after {STATUS_SECONDS:g} s"
             )
+        # A third of the accepted jobs then get their spec changed while they live (queued or running).
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            updated = list(pool.map(self.update, [c for c, _ in accepted.values() if c.index % 3 == 0]))
+        self.report.updates += len(updated)
+        self.report.updates_refused += sum(1 for _, ok in updated if not ok)
+        self._settle({c.name: c for c, ok in updated if ok})
         self._delete_all()
 
-    def _judge(self, case: Case, status: dict[str, Any]) -> None:
-        self.report.states[status["state"]] += 1
+    def _settle(self, cases: dict[str, Case]) -> None:
+        """The operator has looked at each changed job (observedGeneration caught up, or the job had already
+        ended) within STATUS_SECONDS, and none of them is left with ReconcileError."""
+        waiting = dict(cases)
+        deadline = time.monotonic() + STATUS_SECONDS
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.5)
+            jobs = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["items"]
+            for name in set(waiting) - {j["metadata"]["name"] for j in jobs}:
+                del waiting[name]  # deleted by the operator: ttlSecondsAfterFinished passed
+            for job in jobs:
+                name, status = job["metadata"]["name"], job.get("status") or {}
+                seen = status.get("observedGeneration", 0) >= job["metadata"].get("generation", 1)
+                if name in waiting and (seen or status.get("state") in ("Failed", "Succeeded")):
+                    self._judge(waiting.pop(name), status, count=False)
+        for case in waiting.values():
+            self.report.defects.append(
+                f"case {case.index} ({'; '.join(case.mutations)}): spec update not observed after {STATUS_SECONDS:g} s"
+            )
+
+    def _judge(self, case: Case, status: dict[str, Any], count: bool = True) -> None:
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         failed = conditions.get("Failed") or {}
-        if failed.get("status") == "True" and failed.get("reason") == "InvalidSpec":
-            self.report.invalid_spec += 1
+        if count:
+            self.report.states[status["state"]] += 1
+            self.report.invalid_spec += failed.get("status") == "True" and failed.get("reason") == "InvalidSpec"
         error = conditions.get("ReconcileError") or {}
         if error.get("status") == "True":
             self.report.defects.append(
@@ -218,7 +267,7 @@ def run(
 ) -> Report:
     """`count` manifests from `seed` into `namespace`; the operator (already running) logs to operator_log."""
     started = time.monotonic()
-    fuzz = Fuzz(api, namespace, log)
+    fuzz = Fuzz(api, namespace, seed, log)
     log_start = operator_log.stat().st_size if operator_log.exists() else 0
     cases = list(Generator(seed).cases(count))
     fuzz.report.cases = len(cases)
