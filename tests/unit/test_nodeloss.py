@@ -158,3 +158,23 @@ def test_node_health_reads_the_ready_condition_only() -> None:
     beat = {**body, "status": {"conditions": [{**body["status"]["conditions"][1], "lastHeartbeatTime": "x"}]}}
     assert node_health(beat) == node_health(body)  # a heartbeat is no change
     assert node_health({"metadata": {"name": "n"}}) == NodeHealth("n", ready=False)
+
+
+def test_node_events_wake_only_the_jobs_on_a_node_that_is_lost_or_turns_not_ready() -> None:
+    from phalanx.controller.operator import Operator
+
+    op = Operator(workers=1)
+    on_n1 = {"view": pod(0, node="n1"), "owner": "u"}
+    done_on_n1 = {"view": pod(0, node="n1", phase="Succeeded"), "owner": "u"}
+    op.indices = {"pod_index": {("ns", "a"): [on_n1], ("ns", "b"): [{"view": pod(0, node="n2"), "owner": "u"}],
+                                ("ns", "c"): [done_on_n1]}}  # fmt: skip
+    woken: list[object] = []
+    op.enqueue = woken.append  # type: ignore[method-assign]
+    op.node_changed("n1", READY)
+    assert woken == []  # a ready node loses no pod
+    op.node_changed("n1", unknown_since(0))
+    assert woken == [("ns", "a")]  # not b (another node), not c (its pod has finished)
+    op.node_changed("n1", unknown_since(0))
+    assert woken == [("ns", "a")]  # a heartbeat of the same NotReady node: nothing new
+    op.node_changed("n1", None)
+    assert woken == [("ns", "a"), ("ns", "a")]  # deleted
