@@ -45,12 +45,13 @@ def main(argv: list[str]) -> int:
                 report = run(api, ns, args.count, args.seed, operator.log_path)
             finally:
                 operator.stop()
+                # Also after a crash: jobs left behind would take a reused cluster's GPUs.
+                client.CoreV1Api(api).delete_namespace(ns)
             print(report.summary())
             if not report.ok:
                 keep = Path(tempfile.gettempdir()) / f"phalanx-fuzz-operator-{os.getpid()}.log"
                 keep.write_bytes(operator.log_path.read_bytes())
                 print(f"the operator's log: {keep}")
-            client.CoreV1Api(api).delete_namespace(ns)
         finally:
             if args.kubeconfig is None:
                 localcluster.down(work / "cluster")
