@@ -8,7 +8,7 @@ PROFILE ?= default
 export PHALANX_SCRAPE_NETWORKS ?= 127.0.0.0/8
 PYTEST_ARGS ?=
 
-.PHONY: help deps deps-demo demo-image binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench chaos operator
+.PHONY: help deps deps-demo demo-image binaries images test-realnode cluster cluster-down cluster-status generate verify lint test test-unit demo bench chaos chaos-ha chaos-fuzz operator
 
 help:
 	@echo "make demo            the main example job's story on a local cluster (NODE=process|real)"
@@ -17,6 +17,7 @@ help:
 	@echo "make images          build the operator and trainer images here (ACCELERATOR=cpu|cuda; cached)"
 	@echo "make generate        regenerate the CRD, chart copies, values schema, dashboards and API docs"
 	@echo "make bench           run the benchmarks (results in bench-results/)"
+	@echo "make chaos           long fault runs: chaos-ha (200 jobs, 50 operator kills), chaos-fuzz (10,000 fuzzed manifests)"
 
 # When make started: the demo prints its set-up time (packages, binaries) next to its own.
 MAKE_STARTED := $(shell date +%s)
@@ -79,7 +80,16 @@ demo-image:
 bench: deps binaries
 	$(PYTHON) -m bench
 
-# The long chaos run (tests/operator/test_chaos.py at 200 jobs, 50 SIGKILLs); figures in bench-results/chaos.json.
-chaos: binaries
+# Long fault runs, outside `make test`. chaos-ha: tests/operator/test_chaos.py at 200 jobs and 50
+# SIGKILLs of the leading operator (figures in bench-results/chaos.json). chaos-fuzz: 10,000 seeded
+# TrainingJob manifests against a fresh control plane with the operator running (tests/fuzz;
+# FUZZ_ARGS=--seed N to vary them).
+FUZZ_ARGS ?=
+chaos: chaos-ha chaos-fuzz
+
+chaos-ha: binaries
 	PHALANX_CHAOS_JOBS=200 PHALANX_CHAOS_KILLS=50 PHALANX_CHAOS_REPORT=$(CURDIR)/bench-results/chaos.json \
 		$(PYTHON) -m pytest -s tests/operator/test_chaos.py $(PYTEST_ARGS)
+
+chaos-fuzz: binaries
+	$(PYTHON) -m tests.fuzz --count 10000 $(FUZZ_ARGS)

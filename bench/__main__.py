@@ -1,6 +1,7 @@
 """`python -m bench [SCENARIO ...] [options]` (or `make bench`): run the benchmark suite.
 
-Scenarios: start, throughput, sustained, recovery, footprint (default: all, in that order). The
+Scenarios: start, throughput, sustained, recovery, nodeloss, footprint (default: all, in that order;
+nodeloss runs phalanx only). The
 benchmarks of other areas can be run by name too (trainer_overhead, scheduling, operator_metrics, failover):
 they are handed the remaining arguments as `python -m bench.NAME ...`.
 """
@@ -24,7 +25,7 @@ import bench  # noqa: F401  (puts operator/ and dev/ on sys.path)
 from bench import REPO, kube, kubeflow, procstat, report, scenarios
 from bench.subjects import SUBJECTS, Phalanx, Subject
 
-OURS = ("start", "throughput", "sustained", "recovery", "footprint")
+OURS = ("start", "throughput", "sustained", "recovery", "nodeloss", "footprint")
 OTHERS = ("trainer_overhead", "scheduling", "operator_metrics", "failover")
 LOWER = False  # for rows where a higher number is better
 
@@ -43,6 +44,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rates", help="sustained: comma list of jobs/s to try, highest first (default: from burst)")
     p.add_argument("--pod-seconds", type=int, default=20, help="sustained: each pod runs this long")
     p.add_argument("--recovery-workers", type=int, default=64, help="recovery: job size (default: %(default)s)")
+    p.add_argument("--nodeloss-workers", type=int, default=16, help="nodeloss: job size (default: %(default)s)")
     p.add_argument("--scale-steps", default="100,250,500,1000", help="footprint: live job counts")
     p.add_argument("--footprint-subjects", default="phalanx", help="footprint: who (default: %(default)s)")
     p.add_argument("--idle-seconds", type=float, default=30, help="footprint: idle window per step")
@@ -264,6 +266,35 @@ class Runner:
                 ("pods_replaced", "pods recreated", "", True),
                 ("cpu_seconds", "CPU", "s", True),
                 ("peak_rss_mib", "peak RSS", "MiB", True),
+            ],
+        )
+
+    def nodeloss(self) -> None:
+        """phalanx only: the others leave pods of a lost node to the pod garbage collector alike."""
+        if "phalanx" not in self.subjects:
+            self.log("  nodeloss: phalanx is not among the subjects; skipped")
+            return
+        workers = self.args.nodeloss_workers
+        runs: list[dict[str, Any]] = []
+        for rep in range(self.args.repeats):
+            s = self.subject("phalanx")
+            try:
+                r = scenarios.node_loss(self.ctx, s, workers)
+            finally:
+                s.stop()
+            runs.append(r)
+            self.log(
+                f"  nodeloss rep {rep + 1}: replacement gang Running {r['recovered_s']:.2f}s after the node's "
+                f"deletion (lost pod removed at {r['first_delete_s']}s, {r['node_lost_events']} NodeLost event)"
+            )
+        self.add_rows(
+            f"node loss {workers}w",
+            {"phalanx": runs},
+            [
+                ("recovered_s", "node deleted -> replacement gang Running", "s", True),
+                ("first_delete_s", "first old pod removed", "s", True),
+                ("old_pods_gone_s", "old gang gone", "s", True),
+                ("cpu_seconds", "CPU", "s", True),
             ],
         )
 

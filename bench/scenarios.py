@@ -18,7 +18,7 @@ import kubernetes
 from bench import kube, procstat
 from bench.subjects import Subject
 from bench.watch import PodRecord, PodWatch, by_job, gang_running_at, max_time
-from bench.workloads import JobSpec
+from bench.workloads import JobSpec, training_job
 
 Log = Callable[[str], None]
 
@@ -338,6 +338,59 @@ def recovery(ctx: Ctx, subject: Subject, workers: int, rank: int = 3) -> dict[st
         }
     finally:
         ctx.cleanup(ns)
+    return result
+
+
+# --- node loss -----------------------------------------------------------------------------------
+NODE_LOSS_PRODUCT = "NVIDIA-BENCH-NODELOSS"  # a product of the scenario's own nodes only
+
+
+def node_loss(ctx: Ctx, subject: Subject, workers: int, rank: int = 3) -> dict[str, Any]:
+    """A `workers`-pod gang of 8-GPU pods, one per node, on nodes of its own (workers + 2, so the
+    restarted gang fits without the lost one): the node under rank `rank` is deleted; time until the
+    replacement gang is all Running. Before phalanx removed such pods itself (issue 16) the job waited
+    for the pod garbage collector: 57 s for 16 workers."""
+    from localcluster.nodes import add_nodes, delete_nodes, gpu_pool
+
+    ns = ctx.namespace(f"nodeloss-{subject.name}-{workers}")
+    pool = gpu_pool(f"bench-loss-{secrets.token_hex(2)}", count=workers + 2, product=NODE_LOSS_PRODUCT)
+    nodes = add_nodes(ctx.core, pool)
+    custom = kubernetes.client.CustomObjectsApi(ctx.api)
+    body = training_job(ns, JobSpec("job", workers))
+    body["spec"]["resources"] = {"gpus": 8, "gpuProduct": NODE_LOSS_PRODUCT}
+    rank = min(rank, workers - 1)
+    try:
+        with PodWatch(ctx.api, ns, subject.job_label) as w:
+            custom.create_namespaced_custom_object(*kube.TJ[:2], ns, kube.TJ[2], body)
+            w.wait(lambda pods: gang_running_at(list(pods.values()), workers), ctx.timeout, "first gang Running")
+            victim = ctx.core.read_namespaced_pod(subject.rank_pod("job", rank), ns).spec.node_name
+            calls0 = kube.api_writes(ctx.api)
+            win = procstat.Window(subject.pid).start()
+            t0 = time.monotonic()
+            ctx.core.delete_node(victim)
+            at = w.wait(
+                lambda pods: gang_running_at(list(pods.values()), workers, t0), ctx.timeout, "replacement gang Running"
+            )
+            win.stop()
+            pods = w.snapshot()
+        old = [p for p in pods if p.created < t0]
+        replaced = [p for p in pods if p.created >= t0]
+        events = ctx.core.list_namespaced_event(ns).items
+        result = {
+            "recovered_s": at - t0,
+            "first_delete_s": _since(min((p.deleted for p in old if p.deleted is not None), default=None), t0),
+            "old_pods_gone_s": _since(max((p.deleted for p in old if p.deleted is not None), default=None), t0),
+            "pods_replaced": len(replaced),
+            "replacement_created_s": _since(max_time(replaced, "created"), t0),
+            "node_lost_events": sum(1 for e in events if e.reason == "NodeLost" and victim in (e.message or "")),
+            **_footprint(win),
+            "api_writes": kube.delta(kube.api_writes(ctx.api), calls0),
+            "verified": verify(ctx, subject, ns, {"job": workers}),
+            "errors": [],
+        }
+    finally:
+        ctx.cleanup(ns)
+        delete_nodes(ctx.core, nodes)
     return result
 
 

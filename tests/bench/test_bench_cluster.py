@@ -68,6 +68,15 @@ def test_recovery_replaces_the_gang(ctx: scenarios.Ctx, subject: Subject) -> Non
     assert r["failed_seen_s"] is not None and r["failed_seen_s"] <= r["recovered_s"]
 
 
+def test_node_loss_replaces_the_gang_without_the_deleted_node(ctx: scenarios.Ctx, subject: Subject) -> None:
+    if subject.name != "phalanx":
+        pytest.skip("node loss is measured for phalanx only")
+    r = scenarios.node_loss(ctx, subject, workers=3)
+    _check(r, 1, 3, 1)
+    assert r["pods_replaced"] == 3 and r["node_lost_events"] == 1
+    assert r["first_delete_s"] is not None and r["first_delete_s"] <= r["old_pods_gone_s"] <= r["recovered_s"]
+
+
 def test_sustained_rate_runs_and_deletes_every_job(ctx: scenarios.Ctx, subject: Subject) -> None:
     r = scenarios.sustained(ctx, subject, rate=1.0, seconds=4, workers=2, pod_seconds=2, drain=60)
     assert r["errors"] == []

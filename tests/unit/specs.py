@@ -37,7 +37,9 @@ def job(s: TrainingJobSpec, status: TrainingJobStatus | None = None, name: str =
     )
 
 
-def pod(index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2, **kw: Any) -> PodView:
+def pod(
+    index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2, node: str = "n1", **kw: Any
+) -> PodView:
     return PodView(
         name=f"j-a{attempt}-worker-{index}",
         uid=f"uid-{index}-a{attempt}",
@@ -46,7 +48,7 @@ def pod(index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2,
         phase=phase,
         ready=phase == "Running",
         replicas=replicas,
-        node="n1",
+        node=node,
         **kw,
     )
 

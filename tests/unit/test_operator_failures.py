@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from phalanx.controller.kube import Gone
 from phalanx.controller.operator import REPORT_AFTER_FAILURES, Operator
 from phalanx.core import conditions as cond
 from phalanx.core.observe import job_view
@@ -29,6 +30,8 @@ class FakeKube:
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str]] = []
         self.delete_error: BaseException | None = None
+        self.status_error: BaseException | None = None
+        self.force_deleted: list[tuple[str, str]] = []
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         if manifest["kind"] == "Pod" and self.create_error is not None:
@@ -37,6 +40,8 @@ class FakeKube:
         return True
 
     async def patch_job_status(self, ns: str, name: str, status: dict[str, Any], rv: str) -> str:
+        if self.status_error is not None:
+            raise self.status_error
         self.statuses.append(status)
         body = self.op.indices["job_index"][KEY][0]
         new_rv = str(int(body["metadata"]["resourceVersion"]) + 1)
@@ -66,6 +71,7 @@ def operator(create_error: BaseException | None = None) -> tuple[Operator, FakeK
         "claim_index": {},
         "priority_index": {},
         "node_index": {},
+        "node_health_index": {},
     }
     kube = FakeKube(op, create_error)
     op.kube = kube  # type: ignore[assignment]
@@ -122,3 +128,12 @@ def test_repeated_reconcile_failures_set_reconcile_error_and_success_clears_it()
     assert error is not None and (error.status, error.reason) == ("False", "Reconciled")
     assert ("Warning", "ReconcileFailed") in kube.events
     assert op.errors.get(KEY) is None
+
+
+def test_a_job_deleted_while_it_is_reconciled_is_no_failed_reconcile() -> None:
+    """Found by the fuzzer: the status write of a job deleted a moment before is a 404; that is the end of
+    the job, not a reconcile to retry (its DELETED event forgets it), and nothing is created for it."""
+    op, kube = operator()
+    kube.status_error = Gone("ns/j")
+    asyncio.run(op.reconcile(KEY))
+    assert op.errors.get(KEY) is None and kube.created == [] and kube.events == []

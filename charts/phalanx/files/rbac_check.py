@@ -53,7 +53,7 @@ NEEDED = [
     *accesses("list watch create", "services"),
     *accesses("list watch create", "persistentvolumeclaims"),
     *accesses("create", "events"),
-    *accesses("list watch", "nodes", namespaced=False),
+    *accesses("get list watch", "nodes", namespaced=False),
     *accesses("list watch", "priorityclasses", "scheduling.k8s.io", namespaced=False),
     *accesses("list watch", "customresourcedefinitions", "apiextensions.k8s.io", namespaced=False),
 ]

@@ -203,6 +203,10 @@ class RunPolicy(Model):
     """Which pods to delete when the job ends: All, only the Running ones, or None."""
     suspend: bool = False
     """Suspended jobs have no pods; resuming starts a new attempt (Kueue relies on this)."""
+    node_lost_grace_seconds: Annotated[int, Field(ge=0, le=MAX_SECONDS)] = 40
+    """How long a node under a running pod may be NotReady (Ready False or Unknown, counted from the
+    condition's lastTransitionTime) before its pods count as lost: they are force-deleted and the gang
+    restarts as NodeLost. A deleted node is lost at once."""
 
 
 class Scheduling(Model):

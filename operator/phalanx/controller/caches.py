@@ -8,7 +8,8 @@ from typing import Any
 
 from phalanx.core import names
 from phalanx.core.admission import ACCELERATORS, NodeView, Usage
-from phalanx.core.observe import pod_view
+from phalanx.core.nodeloss import NodeHealth
+from phalanx.core.observe import parse_time, pod_view
 from phalanx.core.storage import ClaimView
 
 JobKey = tuple[str, str]
@@ -60,6 +61,18 @@ def node_entry(body: Mapping[str, Any]) -> NodeView:
             if t.get("effect") in ("NoSchedule", "NoExecute") and not t["key"].startswith("node.kubernetes.io/")
         ),
         schedulable=ready and not spec.get("unschedulable"),
+    )
+
+
+def node_health(body: Mapping[str, Any]) -> NodeHealth:
+    """The node's Ready condition; heartbeat times are left out, so only a change of readiness is a change."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), None) or {}
+    return NodeHealth(
+        name=body["metadata"]["name"],
+        ready=ready.get("status") == "True",
+        since=parse_time(ready.get("lastTransitionTime")),
+        reason=ready.get("reason"),
     )
 
 

@@ -21,7 +21,16 @@ from phalanx.core import names
 JOBS_RESOURCE = (GROUP, VERSION, PLURAL)
 MANAGED = {names.LABEL_JOB: kopf.PRESENT}
 # The caches the operator reads (kopf indexes, by handler id).
-INDEXES = ("job_index", "pod_index", "service_index", "node_index", "usage_index", "priority_index", "claim_index")
+INDEXES = (
+    "job_index",
+    "pod_index",
+    "service_index",
+    "node_index",
+    "node_health_index",
+    "usage_index",
+    "priority_index",
+    "claim_index",
+)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -78,6 +87,10 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     async def node_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {kw["name"]: caches.node_entry(body)}
 
+    @kopf.index("nodes", registry=registry, id="node_health_index")
+    async def node_health_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+        return {kw["name"]: caches.node_health(body)}
+
     @kopf.index(
         "pods", registry=registry, id="usage_index", when=lambda body, **_: caches.usage_entry(body) is not None
     )
@@ -127,6 +140,8 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     @kopf.on.event("nodes", registry=registry)
     async def node_event(body: kopf.Body, **kw: Any) -> None:
         op.caches_warm()
-        op.admitter.node_changed(kw["name"], None if kw["type"] == "DELETED" else caches.node_entry(body))
+        deleted = kw["type"] == "DELETED"
+        op.admitter.node_changed(kw["name"], None if deleted else caches.node_entry(body))
+        op.node_changed(kw["name"], None if deleted else caches.node_health(body))
 
     return registry

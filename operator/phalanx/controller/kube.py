@@ -38,6 +38,10 @@ class NotLeading(Exception):
     leader that could not renew in time). Nothing was sent."""
 
 
+class Gone(Exception):
+    """The object was deleted since it was read: its DELETED event is on its way."""
+
+
 class Kube:
     def __init__(self, concurrency: int = 16) -> None:
         try:
@@ -84,16 +88,29 @@ class Kube:
             raise
         return True
 
-    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
-        """Graceful: the pod's own terminationGracePeriodSeconds lets the trainer checkpoint. Only the pod
-        of this UID: a delete decided on a stale cache never removes a newer pod of the same name."""
-        body = kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid=uid))
+    async def delete_pod(self, namespace: str, name: str, uid: str, grace_seconds: int | None = None) -> None:
+        """Graceful by default: the pod's own terminationGracePeriodSeconds lets the trainer checkpoint.
+        grace_seconds=0 for a pod whose node is lost (no kubelet will confirm a graceful delete). Only
+        the pod of this UID: a delete decided on a stale cache never removes a newer pod of the same name."""
+        body = kubernetes.client.V1DeleteOptions(
+            grace_period_seconds=grace_seconds, preconditions=kubernetes.client.V1Preconditions(uid=uid)
+        )
         try:
             await self._run(WRITE, self.core.delete_namespaced_pod, name, namespace, body=body)
         except ApiException as exc:
             # 404: gone already; 409: the precondition failed, the name is another pod's now.
             if exc.status not in (404, 409):
                 raise
+
+    async def node_exists(self, name: str) -> bool:
+        """Whether the node exists, asked of the apiserver: the node cache may lag the pod cache."""
+        try:
+            await self._call(WRITE, self.core.read_node, name)  # a read: a standby may ask too
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     # --- the leader Lease (never gated: a standby must be able to contend for it) ---------------------
     async def read_lease(self, namespace: str, name: str) -> kubernetes.client.V1Lease | None:
@@ -157,6 +174,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"{namespace}/{name}") from exc
+            if exc.status == 404:
+                raise Gone(f"{namespace}/{name}") from exc
             raise
         return str(result["metadata"]["resourceVersion"])
 

@@ -17,13 +17,14 @@ from phalanx.controller.admitter import Admitter
 from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
 from phalanx.controller.election import Elector, settings_from_env
-from phalanx.controller.kube import Conflict, Kube, NotLeading, api_error_message, refusal_of
+from phalanx.controller.kube import Conflict, Gone, Kube, NotLeading, api_error_message, refusal_of
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
 from phalanx.core.gang import Gang
 from phalanx.core.lease import LeaseSettings
 from phalanx.core.model import JobView, Plan, PodView
+from phalanx.core.nodeloss import FINISHED, NodeHealth
 from phalanx.core.observe import format_time, job_view
 from phalanx.core.pods import gated
 from phalanx.core.reconcile import reconcile
@@ -77,6 +78,7 @@ class Operator:
         self.errors = Backoff()
         self.refused = Backoff()
         self._refusals: dict[JobKey, CreateRefusal] = {}
+        self._node_health: dict[str, NodeHealth] = {}  # last seen per node, to skip heartbeat-only events
         # Trainer telemetry; settings are validated here so a misconfiguration stops the operator at once.
         self.scraper = Scraper(self, ScrapeSettings.from_env())
 
@@ -174,9 +176,43 @@ class Operator:
         value = self._one("priority_index", class_name)
         return int(value) if value is not None else 0
 
+    def node_healths(self, pods: list[PodView]) -> dict[str, NodeHealth | None]:
+        """The cached health of each node the pods are bound to; a node absent from the cache is left
+        out (not judged) here and confirmed gone by `_confirm_gone`."""
+        found: dict[str, NodeHealth | None] = {}
+        for node in {p.node for p in pods if p.node}:
+            health = self._one("node_health_index", node)
+            if health is not None:
+                found[node] = health
+        return found
+
+    async def _confirm_gone(self, pods: list[PodView], nodes: dict[str, NodeHealth | None]) -> None:
+        """Nodes of unfinished pods that the cache lacks: gone only if the apiserver says so, since the
+        node watch may lag the pod watch (a node created a moment ago, a watch being re-listed)."""
+        assert self.kube is not None
+        unknown = {p.node for p in pods if p.node and p.node not in nodes and p.phase not in FINISHED}
+        for node in sorted(unknown):
+            if not await self.kube.node_exists(node):
+                nodes[node] = None
+
     # --- reconcile -------------------------------------------------------------------------------
     def enqueue(self, key: JobKey) -> None:
         self.queue.add(key)
+
+    def node_changed(self, name: str, health: NodeHealth | None) -> None:
+        """A node event: when it was deleted or became (or stays, with a new reason) not ready, wake the
+        jobs with unfinished pods on it, O(pods of jobs). Heartbeats alone change nothing and cost nothing,
+        and neither does a node that is ready: it loses no pod."""
+        if health is None:
+            self._node_health.pop(name, None)
+        else:
+            before = self._node_health.get(name)
+            self._node_health[name] = health
+            if health.ready or before == health:
+                return
+        for key, store in list(self.indices.get("pod_index", {}).items()):
+            if any(e["view"].node == name and e["view"].phase not in FINISHED for e in store):
+                self.enqueue(key)
 
     def claim_changed(self, namespace: str, claim: str) -> None:
         """Wake the jobs of the namespace that mount this claim (O(jobs in the index))."""
@@ -279,6 +315,8 @@ class Operator:
         if note is None and job.spec is not None and not pods and job.status.state not in ENDED:
             note = self.admitter.capacity_note(key, body)  # a gang that can never fit gets no pods at all
         failing = self.errors.get(key)
+        nodes = self.node_healths(pods)
+        await self._confirm_gone(pods, nodes)
         plan = reconcile(
             job,
             pods,
@@ -289,6 +327,7 @@ class Operator:
             telemetry=telemetry,
             refusal=self._refusals.get(key),
             failure=failing.message if failing else None,
+            nodes=nodes,
         )
         await self._apply(key, job, body, plan)
         if job.spec is not None and gated_waiting(job, pods, plan):
@@ -307,6 +346,8 @@ class Operator:
             except Conflict:
                 self.queue.add_after(key, 0.2)
                 return  # the plan was made from a stale job; redo it from the fresh one
+            except Gone:
+                return  # deleted meanwhile: nothing is left to do, and its DELETED event forgets it
             self._written[key] = _rv(rv)
             self._wrote_at[key] = time.monotonic()
             metrics.observe_transition(job, plan.status)
@@ -314,8 +355,11 @@ class Operator:
         # Events only after the status write succeeded, so they never announce what did not happen.
         for e in plan.events:
             self._post(ref, e.type, e.reason, e.message)
-        if plan.delete_pods:
-            await asyncio.gather(*(self.kube.delete_pod(ns, p.name, p.uid) for p in plan.delete_pods))
+        if plan.delete_pods or plan.force_delete_pods:
+            await asyncio.gather(
+                *(self.kube.delete_pod(ns, p.name, p.uid) for p in plan.delete_pods),
+                *(self.kube.delete_pod(ns, p.name, p.uid, grace_seconds=0) for p in plan.force_delete_pods),
+            )
         if plan.create:
             wait = self.refused.wait_left(key, job.generation)
             if wait > 0:

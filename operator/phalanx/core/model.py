@@ -54,7 +54,7 @@ class PodView:
     replicas: int | None = None  # gang size this pod was created for
     finished_at: str | None = None  # the trainer container's terminated.finishedAt (RFC 3339, seconds)
     ip: str | None = None  # status.podIP, where the trainer serves its metrics
-    uid: str = ""  # deletes carry it as a precondition
+    uid: str = ""  # metadata.uid: deletes carry it as a precondition, so only this very pod goes
 
 
 class PodRef(NamedTuple):
@@ -83,6 +83,9 @@ class Plan:
     progress_only: bool = False
     create: list[Manifest] = field(default_factory=list)
     delete_pods: list[PodRef] = field(default_factory=list)
+    # Pods on a lost node: deleted at once (grace 0), since no kubelet is left to finish a graceful
+    # delete (core/nodeloss.py).
+    force_delete_pods: list[PodRef] = field(default_factory=list)
     delete_job: bool = False
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None

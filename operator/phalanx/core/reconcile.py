@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec, TrainingJobStatus
+from phalanx.api.models import CleanPodPolicy, RestartOn, RunPolicy, TrainingJobSpec, TrainingJobStatus
 from phalanx.core import conditions as cond
 from phalanx.core import names, storage
 from phalanx.core import telemetry as tm
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
 from phalanx.core.model import Event, JobView, Plan, PodRef, PodView
+from phalanx.core.nodeloss import NodeHealth, NodeLoss, node_loss
 from phalanx.core.observe import format_time, parse_time, seconds_left
 from phalanx.core.pods import build_pod, build_service, gated
 from phalanx.core.refusal import CreateRefusal
@@ -47,12 +48,19 @@ class _Step:
         self.job, self.now, self.failure = job, now, failure
         self.status = job.status.model_copy(deep=True)
         self.plan = Plan(status=self.status)
+        self.lost: set[str] = set()  # pods on a lost node: force-deleted, never deleted gracefully
+
+    def force_delete(self, loss: NodeLoss) -> None:
+        self.lost = {lp.pod.name for lp in loss.lost}
+        self.plan.force_delete_pods = [PodRef(lp.pod.name, lp.pod.uid) for lp in loss.lost]
+        if loss.recheck_after is not None:
+            self.plan.requeue(loss.recheck_after)  # a NotReady node's grace ends then
 
     def condition(self, type_: str, value: bool, reason: str, message: str = "") -> None:
         cond.set_condition(self.status, type_, value, reason, message, self.job.generation, self.now)
 
     def delete(self, pods: Sequence[PodView]) -> None:
-        self.plan.delete_pods += [PodRef(p.name, p.uid) for p in pods if not p.terminating]
+        self.plan.delete_pods += [PodRef(p.name, p.uid) for p in pods if not p.terminating and p.name not in self.lost]
 
     def fail(self, reason: str, message: str, pods: Sequence[PodView]) -> Plan:
         self.condition(cond.FAILED, True, reason, message)
@@ -218,14 +226,20 @@ def reconcile(
     telemetry: tm.JobTelemetry | None = None,
     refusal: CreateRefusal | None = None,
     failure: str | None = None,
+    nodes: Mapping[str, NodeHealth | None] | None = None,
 ) -> Plan:
     """One plan for the job. `admission`: why gang admission keeps it waiting (fatal: it can never fit,
     known before any pod exists); `refusal`: the apiserver's last refusal of a create for it; `failure`:
-    the error its reconciles keep failing with, while they do (ReconcileError stays True until then)."""
+    the error its reconciles keep failing with, while they do (ReconcileError stays True until then);
+    `nodes`: the health of the nodes the pods are bound to, None for a node known to be gone (no
+    node-loss decision without it)."""
     step = _Step(job, now, failure)
     s = step.status
+    grace = (job.spec.run_policy if job.spec else RunPolicy()).node_lost_grace_seconds
+    loss = node_loss(pods, nodes, grace, now) if nodes is not None else NodeLoss([])
+    step.force_delete(loss)  # whatever else is decided: no kubelet will ever finish these pods
     if job.deleting:
-        return step.plan  # garbage collection removes the pods; nothing to decide
+        return step.plan  # garbage collection removes the other pods; nothing to decide
     if job.foreign_status:
         _correct_foreign(step, pods)
     if cond.is_true(s, cond.SUCCEEDED) or cond.is_true(s, cond.FAILED):
@@ -278,6 +292,27 @@ def reconcile(
         return step.done()
 
     policy = spec.run_policy
+    # A lost node comes first: the peers of a rank whose node vanished may crash on the broken
+    # collective, and that must not be judged as the program's own failure.
+    lost_now = [lp for lp in loss.lost if lp.pod.attempt == s.attempt]
+    if lost_now:
+        what = NodeLoss(lost_now).describe()
+        if policy.restart_on is RestartOn.NEVER:
+            return step.fail("NodeLost", f"{what}; not retried under restartOn=never", pods)
+        if s.restarts >= policy.backoff_limit:
+            return step.fail(
+                "BackoffLimitExceeded",
+                f"{what}; {s.restarts} gang restarts used of backoffLimit={policy.backoff_limit}",
+                pods,
+            )
+        s.restarts += 1
+        return _new_attempt(
+            step,
+            current,
+            "NodeLost",
+            f"{what}; restarting all {spec.replicas} pods as attempt {s.attempt + 1} "
+            f"(restart {s.restarts} of {policy.backoff_limit})",
+        )
     # Judge the gang by the failure that came first: when one rank is killed, its peers often crash
     # on the broken collective (exit 1) a moment later. finishedAt has one-second resolution, so
     # within the same second a retryable cause is taken to be the first one.
