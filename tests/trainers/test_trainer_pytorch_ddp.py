@@ -258,6 +258,36 @@ def test_metrics_endpoint_while_training(tmp_path: Path, cleanup: list[Job]) -> 
     job.kill()
 
 
+@pytest.mark.parametrize(("slow_rank", "waits"), [(1, True), (0, False)], ids=["peer-slow", "self-slow"])
+def test_collective_wait_tells_the_slow_rank_from_its_peers(
+    tmp_path: Path, cleanup: list[Job], slow_rank: int, waits: bool
+) -> None:
+    """Rank 0 serves the metrics. When rank 1 sleeps 50 ms a step, rank 0's steps are as long (DDP
+    lockstep) but spent mostly waiting in the all-reduce; when rank 0 is the slow one it hardly waits."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    args = [*MODEL_ARGS[:1], "100000", *MODEL_ARGS[2:], "--slow-rank", str(slow_rank), "--slow-sleep", "0.05"]
+    job = start_torch_job(tmp_path, 2, args, ckpt_dir=None, metrics_port=port)
+    cleanup.append(job)
+    values: dict[str, float] = {}
+
+    def enough_steps() -> bool:
+        nonlocal values
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return False
+        values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+        return values.get("phalanx_trainer_steps_total", 0) >= 40
+
+    wait_for(enough_steps, 90, "40 steps in the metrics", poll=0.2)
+    job.kill()
+    share = values["phalanx_trainer_collective_wait_seconds_total"] / values["phalanx_trainer_step_duration_seconds_sum"]
+    assert (share > 0.5) is waits, values
+
+
 def test_checkpoints_through_an_object_store_url(
     tmp_path: Path, reference: dict[str, Path], cleanup: list[Job]
 ) -> None:

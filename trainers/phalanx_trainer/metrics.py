@@ -43,6 +43,14 @@ class TrainerMetrics:
             buckets=STEP_BUCKETS,
             registry=r,
         )
+        # Its share of the step time: the rest is this process's own work, which is what tells a slow
+        # rank (little waiting) from its peers (waiting for it) when DDP keeps them in lockstep.
+        self.collective_wait = Counter(
+            p + "collective_wait_seconds",
+            "Time this pod's training process spent blocked in the gradient all-reduce after its own "
+            "backward pass was done (PyTorch DDP; 0 where the framework does not let it be measured)",
+            registry=r,
+        )
         self.last_step_timestamp = Gauge(
             p + "last_step_timestamp_seconds",
             "Unix time the last training step ended (its age: a stalled rank)",
@@ -92,12 +100,15 @@ class TrainerMetrics:
         self.attempt.set(attempt)
         self.procs_per_pod.set(procs_per_pod)
 
-    def observe_step(self, duration_s: float, samples: int) -> None:
-        """One step of this process: `samples` of its own; recorded as the pod's."""
+    def observe_step(self, duration_s: float, samples: int, wait_s: float = 0.0) -> None:
+        """One step of this process: `samples` of its own, recorded as the pod's; `wait_s` of the step
+        was spent waiting for peers in collectives."""
         if not self.enabled:
             return
         pod_samples = samples * self.local_world_size
         self.steps.inc()
+        if wait_s > 0:
+            self.collective_wait.inc(wait_s)
         self.samples.inc(pod_samples)
         self.step_duration.observe(duration_s)
         self.last_step_timestamp.set(time.time())
