@@ -45,6 +45,5 @@ def pod(index: int, attempt: int = 1, phase: str = "Running", replicas: int = 2,
         phase=phase,
         ready=phase == "Running",
         replicas=replicas,
-        node="n1",
-        **kw,
+        **{"node": "n1", **kw},
     )

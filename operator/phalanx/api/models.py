@@ -197,12 +197,38 @@ class RunPolicy(Model):
     """Wall-clock limit for the whole job from its start; Failed with DeadlineExceeded after it."""
     startup_deadline_seconds: Annotated[int | None, Field(ge=1, le=MAX_SECONDS)] = 900
     """Limit for pods to get running (unschedulable, image pull errors); Failed with the cause after it."""
+    progress_deadline_seconds: Annotated[int | None, Field(ge=10, le=MAX_SECONDS)] = None
+    """Hang detection (off when unset): a Running gang in which no rank advanced a training step for this
+    long is restarted from its last checkpoint with reason Hung; counts toward backoffLimit. The clock
+    starts at an attempt's first step, so image pulls and data loading are not counted (docs/health.md)."""
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=MAX_SECONDS)] = None
     """Delete the finished job (and its pods) this many seconds after it ends."""
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     """Which pods to delete when the job ends: All, only the Running ones, or None."""
     suspend: bool = False
     """Suspended jobs have no pods; resuming starts a new attempt (Kueue relies on this)."""
+
+
+class StragglerPolicy(Model):
+    """When a rank counts as a straggler, and what is done about it."""
+
+    threshold: Annotated[float, Field(ge=1.1, le=100)] = 1.5
+    """A rank whose step time, less its wait for peers in collectives, is at least this many times the median
+    of the other ranks' (median over the scrape window) is a straggler: condition Straggler and an Event."""
+    restart: bool = False
+    """Also restart the gang from its last checkpoint, keeping the straggler's node out of the next attempt
+    (status.avoidedNodes); reason Straggler, counts toward backoffLimit."""
+
+
+class HealthPolicy(Model):
+    """What the operator does about slow ranks and unhealthy accelerators (docs/health.md)."""
+
+    straggler: StragglerPolicy = StragglerPolicy()
+    """Straggler detection from the trainers' per-rank step times; reported always, restarts only if asked."""
+    restart_on_unhealthy_gpu: bool = True
+    """Restart the gang off the node when the kubelet reports a device allocated to one of its pods
+    Unhealthy (status.containerStatuses[].allocatedResourcesStatus); reason GPUUnhealthy, counts toward
+    backoffLimit."""
 
 
 class Scheduling(Model):
@@ -329,6 +355,8 @@ class TrainingJobSpec(Model):
     """Restarts, deadlines, cleanup and suspension."""
     scheduling: Scheduling = Scheduling()
     """Gang admission and placement."""
+    health: HealthPolicy = HealthPolicy()
+    """Straggler detection and unhealthy-GPU restarts (hang detection: runPolicy.progressDeadlineSeconds)."""
     metrics: MetricsSpec = MetricsSpec()
     """Trainer metrics and the scaling baseline."""
 
@@ -350,7 +378,7 @@ class Condition(Model):
     """A Kubernetes-style condition."""
 
     type: str
-    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure or ReconcileError."""
+    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure, ReconcileError or Straggler."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str
@@ -418,6 +446,16 @@ class ThroughputStatus(Model):
     """Samples/s at each size the job ran at, smallest first (kubectl phalanx plot draws them); at most 16."""
 
 
+AVOIDED_NODES_KEPT = 16
+
+
+class LostTime(Model):
+    """Known losses of wall time, summed over the job's attempts."""
+
+    hung_seconds: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+    """From the last step any rank made to the Hung restart, for every hang detected."""
+
+
 class TrainingJobStatus(Model):
     """Observed state, written by the operator only."""
 
@@ -430,7 +468,7 @@ class TrainingJobStatus(Model):
     state: str | None = None
     """Pending, Queued, Starting, Running, Restarting, Suspended, Succeeded or Failed (the State column)."""
     conditions: list[Condition] = []
-    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure, ReconcileError."""
+    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure, ReconcileError, Straggler."""
     attempt: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
     """Current gang attempt, 1-based; every gang restart or rescale starts a new one (PHALANX_ATTEMPT)."""
     restarts: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
@@ -457,3 +495,8 @@ class TrainingJobStatus(Model):
     """The checkpoint step the current attempt resumed from, once its trainers report it."""
     throughput: ThroughputStatus | None = None
     """Throughput and scaling efficiency."""
+    avoided_nodes: Annotated[list[str], Field(max_length=AVOIDED_NODES_KEPT)] = []
+    """Nodes later attempts are kept off (required node affinity), oldest first: where a rank had an unhealthy
+    GPU or straggled (with health.straggler.restart); at most 16, the oldest dropped first."""
+    lost_time: LostTime | None = None
+    """Wall time lost to hangs and spent in preflight checks (goodput's known losses; docs/metrics.md)."""

@@ -54,6 +54,9 @@ class PodView:
     replicas: int | None = None  # gang size this pod was created for
     finished_at: str | None = None  # the trainer container's terminated.finishedAt (RFC 3339, seconds)
     ip: str | None = None  # status.podIP, where the trainer serves its metrics
+    # (resource, device ID, health) of each device the kubelet allocated to the pod's containers
+    # (status.containerStatuses[].allocatedResourcesStatus): health is Healthy, Unhealthy or Unknown.
+    devices: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from phalanx.api.models import CleanPodPolicy, RestartOn, TrainingJobSpec, TrainingJobStatus
+from phalanx.api.models import (
+    AVOIDED_NODES_KEPT,
+    CleanPodPolicy,
+    LostTime,
+    RestartOn,
+    TrainingJobSpec,
+    TrainingJobStatus,
+)
 from phalanx.core import conditions as cond
-from phalanx.core import names, storage
+from phalanx.core import health, names, storage
 from phalanx.core import telemetry as tm
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
@@ -192,9 +199,80 @@ def _new_attempt(step: _Step, current: Sequence[PodView], reason: str, message: 
     step.status.attempt_start_time = format_time(step.now)
     step.condition(cond.RESTARTING, True, reason, message)
     step.condition(cond.RUNNING, False, reason, message)
+    step.condition(cond.STRAGGLER, False, "NewAttempt", "the ranks are judged afresh in the new attempt")
     step.delete(current)
     step.plan.requeue(1)
     return step.done()
+
+
+def _restart(
+    step: _Step,
+    spec: TrainingJobSpec,
+    current: Sequence[PodView],
+    pods: Sequence[PodView],
+    reason: str,
+    what: str,
+    avoid: str | None = None,
+) -> Plan:
+    """A gang restart for `what`, counted against backoffLimit (Failed once it is used up); `avoid`:
+    a node the next attempts are kept off."""
+    s, limit = step.status, spec.run_policy.backoff_limit
+    if s.restarts >= limit:
+        return step.fail(
+            "BackoffLimitExceeded", f"{what}; {s.restarts} gang restarts used of backoffLimit={limit}", pods
+        )
+    s.restarts += 1
+    kept_off = ""
+    if avoid:
+        s.avoided_nodes = health.avoid(s.avoided_nodes, avoid, AVOIDED_NODES_KEPT)
+        kept_off = f", kept off node {avoid}"
+    return _new_attempt(
+        step,
+        current,
+        reason,
+        f"{what}; restarting all {spec.replicas} pods as attempt {s.attempt + 1}{kept_off} "
+        f"(restart {s.restarts} of {limit})",
+    )
+
+
+def _health(
+    step: _Step,
+    spec: TrainingJobSpec,
+    current: Sequence[PodView],
+    pods: Sequence[PodView],
+    telemetry: tm.JobTelemetry | None,
+) -> Plan | None:
+    """Act on the health verdicts (core/health.py) for the current attempt: a restart's plan, or None
+    after setting the Straggler condition."""
+    s, now = step.status, step.now
+    never = spec.run_policy.restart_on is RestartOn.NEVER
+    bad = health.unhealthy_device(current) if spec.health.restart_on_unhealthy_gpu else None
+    if bad is not None:
+        what = bad.message()
+        if never:
+            return step.fail(health.GPU_UNHEALTHY, f"{what}; not restarted under restartOn=never", pods)
+        return _restart(step, spec, current, pods, health.GPU_UNHEALTHY, what, avoid=bad.pod.node)
+    progress = telemetry.progress if telemetry is not None else None
+    if progress is None or progress.attempt != s.attempt or not cond.is_true(s, cond.RUNNING):
+        return None
+    deadline = spec.run_policy.progress_deadline_seconds
+    hung = health.hang(progress, deadline, now) if deadline else None
+    if hung is not None and deadline:
+        what = hung.message(deadline, now)
+        if never:
+            return step.fail(health.HUNG, f"{what}; not restarted under restartOn=never", pods)
+        lost = s.lost_time or LostTime()
+        s.lost_time = LostTime(hung_seconds=round(lost.hung_seconds + hung.seconds, 1))
+        return _restart(step, spec, current, pods, health.HUNG, what)
+    slow = health.stragglers(progress.ranks, spec.health.straggler.threshold)
+    if not slow:
+        step.condition(cond.STRAGGLER, False, "NoStraggler", "no rank is slower than the threshold")
+        return None
+    what = "; ".join(x.message() for x in slow)
+    if spec.health.straggler.restart and not never:
+        return _restart(step, spec, current, pods, health.STRAGGLER, what, avoid=slow[0].rank.node)
+    step.condition(cond.STRAGGLER, True, "SlowRank", what)
+    return None
 
 
 def _waiting_cause(current: Sequence[PodView]) -> tuple[str, str] | None:
@@ -290,20 +368,7 @@ def reconcile(
         what = describe(first)
         if policy.restart_on is RestartOn.NEVER or not retryable(first, policy.restart_on):
             return step.fail("PodFailed", f"{what}; not retryable under restartOn={policy.restart_on.value}", pods)
-        if s.restarts >= policy.backoff_limit:
-            return step.fail(
-                "BackoffLimitExceeded",
-                f"{what}; {s.restarts} gang restarts used of backoffLimit={policy.backoff_limit}",
-                pods,
-            )
-        s.restarts += 1
-        return _new_attempt(
-            step,
-            current,
-            "GangRestart",
-            f"{what}; restarting all {spec.replicas} pods as attempt {s.attempt + 1} "
-            f"(restart {s.restarts} of {policy.backoff_limit})",
-        )
+        return _restart(step, spec, current, pods, "GangRestart", what)
 
     if len(current) >= spec.replicas and all(p.phase == "Succeeded" for p in current):
         return step.succeed(f"all {len(current)} pods exited 0", pods)
@@ -319,7 +384,11 @@ def reconcile(
             f"restarts at world size {spec.world_size()} as attempt {s.attempt + 1}",
         )
 
-    gang = Gang(job.name, job.namespace, job.uid, spec, s.attempt)
+    verdict = _health(step, spec, current, pods, telemetry)
+    if verdict is not None:
+        return verdict
+
+    gang = Gang(job.name, job.namespace, job.uid, spec, s.attempt, tuple(s.avoided_nodes))
     have = {p.index for p in current}
     missing = [i for i in range(spec.replicas) if i not in have]
     if missing:

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
+from torch._C._distributed_c10d import GradBucket  # what torch.distributed re-exports, typed
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
@@ -32,7 +32,7 @@ class AllReduceClock:
         """Reduce `ddp`'s gradients through the timing hook (once, before its first backward)."""
         ddp.register_comm_hook(process_group, self._hook)
 
-    def _hook(self, process_group: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    def _hook(self, process_group: Any, bucket: GradBucket) -> torch.futures.Future[torch.Tensor]:
         self._ready = time.perf_counter()
         return default_hooks.allreduce_hook(process_group, bucket)
 
