@@ -277,10 +277,17 @@ def gang_progress(state: _JobState, pods: list[PodView]) -> GangProgress:
 
 
 class Scraper:
-    def __init__(self, jobs: Jobs, settings: ScrapeSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        jobs: Jobs,
+        settings: ScrapeSettings,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.jobs = jobs
         self.settings = settings
-        self.clock = clock
+        self.clock = clock  # windows and due times
+        self.wall = wall  # when ranks were seen to advance: compared with the reconcile's clock
         self._state: dict[JobKey, _JobState] = {}
         self._latest: dict[JobKey, JobTelemetry] = {}
 
@@ -372,7 +379,7 @@ class Scraper:
         windows = {n: w for n, w in state.windows.items() if n in names}
         job = job_view(body)
         replicas = job.spec.replicas if job.spec else len(pods)
-        wall = datetime.now(UTC)
+        wall = self.wall()
         observe_progress(state, list(zip(chosen, samples, strict=True)), wall)
         progress = gang_progress(state, chosen)
         t = telemetry.job_telemetry(windows, state.attempt, replicas, wall, progress)
