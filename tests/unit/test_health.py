@@ -308,3 +308,13 @@ def test_avoided_nodes_join_every_node_selector_term_of_the_template() -> None:
     for term in terms["nodeSelectorTerms"]:
         assert term["matchFields"] == [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]
         assert term["matchExpressions"]
+
+
+def test_time_between_attempts_is_counted_as_lost() -> None:
+    extra = {"runPolicy": {"progressDeadlineSeconds": 60}}
+    s = running_status(**extra)
+    hung = reconcile(job(spec(**extra), s), [pod(0), pod(1)], True, at(100), telemetry=telemetry(HUNG)).status
+    new = [pod(0, attempt=2), pod(1, attempt=2)]
+    running = reconcile(job(spec(**extra), hung), new, True, at(125)).status
+    assert running.state == "Running" and running.lost_time is not None
+    assert (running.lost_time.hung_seconds, running.lost_time.restart_seconds) == (90, 25)

@@ -454,6 +454,8 @@ class LostTime(Model):
 
     hung_seconds: Annotated[float, Field(ge=0, le=1e12)] = 0.0
     """From the last step any rank made to the Hung restart, for every hang detected."""
+    restart_seconds: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+    """From each gang restart (any reason) to all pods of the new attempt running."""
 
 
 class TrainingJobStatus(Model):
@@ -499,4 +501,4 @@ class TrainingJobStatus(Model):
     """Nodes later attempts are kept off (required node affinity), oldest first: where a rank had an unhealthy
     GPU or straggled (with health.straggler.restart); at most 16, the oldest dropped first."""
     lost_time: LostTime | None = None
-    """Wall time lost to hangs and spent in preflight checks (goodput's known losses; docs/metrics.md)."""
+    """Wall time lost to hangs and between attempts (goodput's known losses; docs/metrics.md)."""

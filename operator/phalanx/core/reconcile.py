@@ -262,7 +262,7 @@ def _health(
         if never:
             return step.fail(health.HUNG, f"{what}; not restarted under restartOn=never", pods)
         lost = s.lost_time or LostTime()
-        s.lost_time = LostTime(hung_seconds=round(lost.hung_seconds + hung.seconds, 1))
+        s.lost_time = lost.model_copy(update={"hung_seconds": round(lost.hung_seconds + hung.seconds, 1)})
         return _restart(step, spec, current, pods, health.HUNG, what)
     slow = health.stragglers(progress.ranks, spec.health.straggler.threshold)
     if not slow:
@@ -470,7 +470,13 @@ def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView], ref
             "AllReplicasRunning",
             f"{spec.replicas} pods, world size {spec.world_size()}, attempt {s.attempt}",
         )
-        if cond.is_true(s, cond.RESTARTING):
+        restarting = cond.get(s, cond.RESTARTING)
+        if restarting is not None and restarting.status == "True":
+            since = parse_time(restarting.last_transition_time)
+            if since is not None:  # goodput's known losses: the gap between two attempts
+                lost = s.lost_time or LostTime()
+                gap = max((now - since).total_seconds(), 0.0)
+                s.lost_time = lost.model_copy(update={"restart_seconds": round(lost.restart_seconds + gap, 1)})
             step.condition(cond.RESTARTING, False, "GangRunning", f"attempt {s.attempt} is running")
         return
     if any(p.phase == "Running" for p in current) and any(p.phase == "Succeeded" for p in current):
