@@ -150,11 +150,49 @@ def _hook_costs(ctx: Any, args: argparse.Namespace) -> dict[str, float]:
     vote.drain()
     return {
         "metrics_observe_step": metrics_s,
+        "collective_wait_hook": _comm_hook_cost(args, ctx),
         "checkpoint_schedule_check": schedule_s,
         "reseed": reseed_s,
         # Paid once per stop_check_every steps.
         "stop_vote_poll_amortized": spent / polls / args.stop_check_every,
     }
+
+
+def _comm_hook_cost(args: argparse.Namespace, ctx: Any) -> float:
+    """Seconds per step the collective-wait hook (phalanx_trainer.pytorch.collectives) adds to DDP's
+    forward + backward: the same batches through a plain DDP model and a hooked one, alternating in
+    blocks of 20 steps; the median over blocks of the difference of their mean step times."""
+    import torch
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from phalanx_trainer.pytorch.collectives import AllReduceClock
+
+    model_a, data = _model_and_data(args)
+    model_b, _ = _model_and_data(args)
+    plain = DistributedDataParallel(model_a)
+    hooked = DistributedDataParallel(model_b)
+    clock = AllReduceClock()
+    clock.attach(hooked)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = data.tensors[0][: args.batch_size], data.tensors[1][: args.batch_size]
+
+    def block(ddp: Any, steps: int = 20) -> float:
+        torch.distributed.barrier()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            ddp.zero_grad(set_to_none=True)
+            loss_fn(ddp(x), y).backward()
+            clock.waited(time.perf_counter())
+        return (time.perf_counter() - t0) / steps
+
+    block(plain), block(hooked)  # warm-up
+    diffs = []
+    for i in range(16):
+        first, second = (plain, hooked) if i % 2 == 0 else (hooked, plain)
+        a, b = block(first), block(second)
+        diffs.append((b - a) if first is plain else (a - b))
+    return statistics.median(diffs)
 
 
 def _overhead_worker(rank: int, args: argparse.Namespace, port: int, world: int, out: str, ckpt_root: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import urllib.request
@@ -287,6 +288,33 @@ def test_collective_wait_tells_the_slow_rank_from_its_peers(
     waited = values["phalanx_trainer_collective_wait_seconds_total"]
     share = waited / values["phalanx_trainer_step_duration_seconds_sum"]
     assert (share > 0.5) is waits, values
+
+
+def test_preflight_passes_and_reports_its_bandwidth(tmp_path: Path, cleanup: list[Job]) -> None:
+    port = free_port()
+    preflight = {"PHALANX_PREFLIGHT_PEERS": "localhost,127.0.0.1", "PHALANX_PREFLIGHT_ALLREDUCE_BYTES": str(2**22)}
+    args = [*MODEL_ARGS[:1], "20", *MODEL_ARGS[2:]]
+    job = start_torch_job(tmp_path, 2, args, ckpt_dir=None, metrics_port=port, env=preflight)
+    cleanup.append(job)
+    job.wait_ok(timeout=120)
+    out = job.chief.output()
+    m = re.search(
+        r"^preflight passed in ([\d.]+)s: all-reduce of 4.0 MiB in [\d.]+ ms, bus bandwidth ([\d.]+) GB/s", out, re.M
+    )
+    assert m, out
+    assert float(m.group(2)) > 0
+    assert "done step 20/20" in out
+
+
+def test_preflight_fails_fast_naming_the_peer_that_does_not_resolve(tmp_path: Path, cleanup: list[Job]) -> None:
+    peers = "localhost,nosuch-worker-7.nowhere.invalid"
+    preflight = {"PHALANX_PREFLIGHT_PEERS": peers, "PHALANX_PREFLIGHT_TIMEOUT_SECONDS": "3"}
+    job = start_torch_job(tmp_path, 2, MODEL_ARGS, ckpt_dir=None, env=preflight)
+    cleanup.append(job)
+    assert job.wait(timeout=60) == [3, 3]  # contract.EXIT_PREFLIGHT_FAILED, before any step
+    out = job.chief.output()
+    assert "preflight failed: peer nosuch-worker-7.nowhere.invalid does not resolve after 3s" in out, out
+    assert "step " not in out
 
 
 def test_checkpoints_through_an_object_store_url(

@@ -76,6 +76,16 @@ class TrainerMetrics:
         self.rank = Gauge(p + "rank", "Global rank of the process that serves these metrics", registry=r)
         self.attempt = Gauge(p + "attempt", "Gang attempt (PHALANX_ATTEMPT, 1-based)", registry=r)
         self.procs_per_pod = Gauge(p + "procs_per_pod", "Training processes in this pod", registry=r)
+        self.preflight_seconds = Gauge(
+            p + "preflight_seconds",
+            "Duration of this attempt's preflight check (peers resolved, rendezvous, all-reduce); 0 without one",
+            registry=r,
+        )
+        self.preflight_bandwidth = Gauge(
+            p + "preflight_bus_bandwidth_bytes_per_second",
+            "Bus bandwidth of the preflight all-reduce: 2 (n-1)/n x bytes / seconds; 0 without a preflight",
+            registry=r,
+        )
         self.resumed_from_step.set(-1)
         self.last_checkpoint_step.set(-1)
         self.procs_per_pod.set(local_world_size)
@@ -138,6 +148,11 @@ class TrainerMetrics:
         if self.enabled:
             self.last_checkpoint_step.set(step)
             self.last_checkpoint_timestamp.set(timestamp)
+
+    def set_preflight(self, seconds: float, bus_bytes_per_second: float) -> None:
+        if self.enabled:
+            self.preflight_seconds.set(seconds)
+            self.preflight_bandwidth.set(bus_bytes_per_second)
 
     def set_resumed_from(self, step: int | None) -> None:
         if self.enabled:
