@@ -159,8 +159,8 @@ def _hook_costs(ctx: Any, args: argparse.Namespace) -> dict[str, float]:
 
 
 def _comm_hook_cost(args: argparse.Namespace, ctx: Any) -> float:
-    """Seconds per step the collective-wait hook (phalanx_trainer.pytorch.collectives) adds to DDP's
-    forward + backward: the same batches through a plain DDP model and a hooked one, alternating in
+    """Seconds per step the collective-wait clock (phalanx_trainer.pytorch.collectives) adds to DDP's
+    forward + backward: the same batch through a plain DDP model and a watched one, alternating in
     blocks of 20 steps; the median over blocks of the difference of their mean step times."""
     import torch
     from torch import nn
@@ -173,7 +173,7 @@ def _comm_hook_cost(args: argparse.Namespace, ctx: Any) -> float:
     plain = DistributedDataParallel(model_a)
     hooked = DistributedDataParallel(model_b)
     clock = AllReduceClock()
-    clock.attach(hooked)
+    clock.attach(model_b)
     loss_fn = nn.CrossEntropyLoss()
     x, y = data.tensors[0][: args.batch_size], data.tensors[1][: args.batch_size]
 

@@ -318,3 +318,61 @@ def test_time_between_attempts_is_counted_as_lost() -> None:
     running = reconcile(job(spec(**extra), hung), new, True, at(125)).status
     assert running.state == "Running" and running.lost_time is not None
     assert (running.lost_time.hung_seconds, running.lost_time.restart_seconds) == (90, 25)
+
+
+# --- preflight ----------------------------------------------------------------------------------------
+
+PREFLIGHT = {"preflight": {"allReduceBytes": 1048576, "timeoutSeconds": 30}}
+
+
+def test_preflight_env_names_every_peer() -> None:
+    manifest = build_pod(Gang("j", NS, "uid", spec(replicas=3, **PREFLIGHT), 1), 1)
+    container = manifest["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PHALANX_PREFLIGHT_PEERS"] == ",".join(f"j-worker-{i}.j.{NS}.svc" for i in range(3))
+    assert (env["PHALANX_PREFLIGHT_ALLREDUCE_BYTES"], env["PHALANX_PREFLIGHT_TIMEOUT_SECONDS"]) == ("1048576", "30")
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    plain = build_pod(Gang("j", NS, "uid", spec(), 1), 0)["spec"]["containers"][0]
+    assert not any(e["name"].startswith("PHALANX_PREFLIGHT") for e in plain["env"])
+
+
+def test_failed_preflight_restarts_the_gang_off_the_pods_node_naming_the_cause() -> None:
+    log_tail = (
+        "loading\nphalanx_trainer.examples.pytorch_ddp: preflight failed: peer j-worker-1.j.team-a.svc does not "
+        "resolve after 20s: [Errno -2] Name or service not known\n"
+    )
+    failed = pod(0, phase="Failed", exit_code=3, node="gpu-4", message=log_tail)
+    plan = reconcile(job(spec(**PREFLIGHT), TrainingJobStatus(attempt=1)), [failed, pod(1)], True, T0)
+    r = plan.status
+    c = cond.get(r, cond.RESTARTING)
+    assert c is not None and c.reason == "PreflightFailed"
+    assert c.message.startswith(
+        "preflight failed in pod j-worker-0 on node gpu-4: peer j-worker-1.j.team-a.svc does not resolve after 20s"
+    )
+    assert r.avoided_nodes == ["gpu-4"] and r.restarts == 1
+
+
+def test_exit_code_3_without_preflight_is_an_ordinary_failure() -> None:
+    failed = pod(0, phase="Failed", exit_code=3, node="gpu-4")
+    plan = reconcile(job(spec(), TrainingJobStatus(attempt=1)), [failed, pod(1)], True, T0)
+    c = cond.get(plan.status, cond.FAILED)
+    assert c is not None and c.reason == "PodFailed" and not plan.status.avoided_nodes
+
+
+def test_preflight_result_goes_into_status_once_per_attempt() -> None:
+    s = running_status(**PREFLIGHT)
+    t = JobTelemetry(
+        attempt=1,
+        replicas=2,
+        pods_reporting=2,
+        observed_at=at(30),
+        preflight_seconds=4.234,
+        preflight_bandwidth=1.2345e9,
+    )
+    plan = reconcile(job(spec(**PREFLIGHT), s), [pod(0), pod(1)], True, at(30), telemetry=t)
+    p = plan.status.preflight
+    assert p is not None and (p.attempt, p.seconds, p.bus_bandwidth_bytes_per_second) == (1, 4.23, 1.23e9)
+    assert plan.status.lost_time is not None and plan.status.lost_time.preflight_seconds == 4.2
+    assert [e.reason for e in plan.events] == ["PreflightPassed"]
+    again = reconcile(job(spec(**PREFLIGHT), plan.status), [pod(0), pod(1)], True, at(45), telemetry=t)
+    assert not again.status_changed and not again.events

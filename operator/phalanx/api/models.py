@@ -220,6 +220,15 @@ class StragglerPolicy(Model):
     (status.avoidedNodes); reason Straggler, counts toward backoffLimit."""
 
 
+class PreflightSpec(Model):
+    """A short gang-wide check every pod runs with the trainer runtime before training (PyTorch)."""
+
+    all_reduce_bytes: Annotated[int, Field(ge=4, le=2**34)] = 2**26
+    """Size of the timed all-reduce, in bytes (64 MiB by default); its bus bandwidth goes to status.preflight."""
+    timeout_seconds: Annotated[int, Field(ge=5, le=3600)] = 120
+    """Time for every peer to resolve, the rendezvous to complete and the all-reduce to run; a pod past it fails."""
+
+
 class HealthPolicy(Model):
     """What the operator does about slow ranks and unhealthy accelerators (docs/health.md)."""
 
@@ -326,6 +335,11 @@ class TrainingJobSpec(Model):
             ".resources.tpu",
         ),
         rule(
+            "!has(self.preflight) || self.framework == 'pytorch'",
+            "preflight runs with the PyTorch trainer runtime only",
+            ".preflight",
+        ),
+        rule(
             "type(self.procsPerPod) == int ? self.procsPerPod >= 1 && self.procsPerPod <= 64 "
             ": self.procsPerPod == 'auto'",
             "procsPerPod must be 'auto' or an integer 1..64",
@@ -357,6 +371,9 @@ class TrainingJobSpec(Model):
     """Gang admission and placement."""
     health: HealthPolicy = HealthPolicy()
     """Straggler detection and unhealthy-GPU restarts (hang detection: runPolicy.progressDeadlineSeconds)."""
+    preflight: PreflightSpec | None = None
+    """Optional check before training: peers resolve, rendezvous, a timed all-reduce. A pod that fails it
+    restarts the gang off its node (reason PreflightFailed, counts toward backoffLimit). PyTorch only."""
     metrics: MetricsSpec = MetricsSpec()
     """Trainer metrics and the scaling baseline."""
 
@@ -456,6 +473,19 @@ class LostTime(Model):
     """From the last step any rank made to the Hung restart, for every hang detected."""
     restart_seconds: Annotated[float, Field(ge=0, le=1e12)] = 0.0
     """From each gang restart (any reason) to all pods of the new attempt running."""
+    preflight_seconds: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+    """Time the attempts' preflight checks took (spec.preflight)."""
+
+
+class PreflightStatus(Model):
+    """The current attempt's preflight check, as its slowest pod reported it."""
+
+    attempt: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    """The attempt that ran it."""
+    seconds: Annotated[float, Field(ge=0, le=1e9)]
+    """How long the check took (the slowest pod's)."""
+    bus_bandwidth_bytes_per_second: Annotated[float, Field(ge=0, le=1e15)]
+    """Bus bandwidth of the all-reduce, 2 (n-1)/n x bytes / seconds (the lowest pod's)."""
 
 
 class TrainingJobStatus(Model):
@@ -501,4 +531,6 @@ class TrainingJobStatus(Model):
     """Nodes later attempts are kept off (required node affinity), oldest first: where a rank had an unhealthy
     GPU or straggled (with health.straggler.restart); at most 16, the oldest dropped first."""
     lost_time: LostTime | None = None
-    """Wall time lost to hangs and between attempts (goodput's known losses; docs/metrics.md)."""
+    """Wall time lost to hangs, between attempts and in preflight checks (goodput's known losses; docs/metrics.md)."""
+    preflight: PreflightStatus | None = None
+    """The preflight check of the current attempt, once its pods passed it (spec.preflight)."""

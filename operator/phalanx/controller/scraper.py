@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from phalanx.api.models import PreflightStatus
 from phalanx.controller import metrics
 from phalanx.controller.caches import JobKey
 from phalanx.core import health, telemetry
@@ -75,8 +76,13 @@ WANTED = {
     "phalanx_trainer_last_step_timestamp_seconds": "last_step_time",
     # Health verdicts (core/health.py): a rank's step time less its wait for peers.
     "phalanx_trainer_collective_wait_seconds_total": "wait_seconds",
+    "phalanx_trainer_preflight_seconds": "preflight_seconds",
+    "phalanx_trainer_preflight_bus_bandwidth_bytes_per_second": "preflight_bandwidth",
 }
 REQUIRED = ("samples", "steps", "attempt")
+
+
+_NO_PREFLIGHT = PreflightStatus(attempt=0, seconds=0, bus_bandwidth_bytes_per_second=0)
 
 
 class ConfigError(ValueError):
@@ -206,6 +212,8 @@ def parse_exposition(text: str, at: float) -> PodSample | None:
         samples_per_second=values.get("samples_per_second"),
         last_step_time=values.get("last_step_time", 0.0),
         wait_seconds=values.get("wait_seconds", 0.0),
+        preflight_seconds=values.get("preflight_seconds", 0.0),
+        preflight_bandwidth=values.get("preflight_bandwidth", 0.0),
     )
 
 
@@ -390,6 +398,8 @@ class Scraper:
             return
         if health.needs_reconcile(job.spec, job.status, progress, wall):
             self.jobs.enqueue(key)  # a hang, a straggler found or gone: the reconcile decides and acts
+        elif t.preflight_seconds is not None and (job.status.preflight or _NO_PREFLIGHT).attempt != state.attempt:
+            self.jobs.enqueue(key)  # the attempt's preflight result, not in status yet
         new = telemetry.summarize(job.spec, job.status, job.created, t)
         kind = telemetry.change(telemetry.current(job.status), new)
         now = self.clock()

@@ -36,6 +36,7 @@ MIN_EXCESS_SECONDS = 0.001
 HUNG = "Hung"
 STRAGGLER = "Straggler"
 GPU_UNHEALTHY = "GPUUnhealthy"
+PREFLIGHT_FAILED = "PreflightFailed"
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,12 @@ def phalanx_env(gang: Gang, index: int) -> list[dict[str, Any]]:
                 ]
         else:
             env.append(env_var(contract.CHECKPOINT_DIR, ckpt.path))
+    if spec.preflight is not None:
+        env += [
+            env_var(contract.PREFLIGHT_PEERS, ",".join(gang.hosts())),
+            env_var(contract.PREFLIGHT_ALLREDUCE_BYTES, spec.preflight.all_reduce_bytes),
+            env_var(contract.PREFLIGHT_TIMEOUT_SECONDS, spec.preflight.timeout_seconds),
+        ]
     return env
 
 
@@ -183,6 +189,9 @@ def build_pod(gang: Gang, index: int) -> Manifest:
         names.ANNOTATION_WORLD_SIZE: str(gang.world_size),
     }
     container["env"] = _merge_env(adapter.env(gang, index) + phalanx_env(gang, index), container.get("env", []))
+    # The trainer runtime's one-line error (a bad contract, a failed preflight) becomes the termination
+    # message the job's status quotes.
+    container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     ports = container.setdefault("ports", [])
     taken_ports = {p.get("containerPort") for p in ports}
     wanted = [*adapter.ports(), {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"}]

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from phalanx import contract
 from phalanx.api.models import (
     AVOIDED_NODES_KEPT,
     CleanPodPolicy,
     LostTime,
+    PreflightStatus,
     RestartOn,
     TrainingJobSpec,
     TrainingJobStatus,
@@ -235,6 +237,40 @@ def _restart(
     )
 
 
+def _cause_line(message: str | None) -> str:
+    """The runtime's own `... preflight failed: <cause>` line from a termination message (a log tail)."""
+    lines = [line for line in (message or "").splitlines() if "preflight failed: " in line]
+    if not lines:
+        return "exit code 3 (no termination message)"
+    return lines[-1].split("preflight failed: ", 1)[1].strip()[:512]
+
+
+def _preflight(step: _Step, telemetry: tm.JobTelemetry) -> None:
+    """Once per attempt: the preflight result its trainers report goes into status (and its time into lostTime)."""
+    s = step.status
+    if telemetry.attempt != s.attempt or telemetry.preflight_seconds is None:
+        return
+    if s.preflight is not None and s.preflight.attempt == s.attempt:
+        return
+    bandwidth = telemetry.preflight_bandwidth or 0.0
+    s.preflight = PreflightStatus(
+        attempt=s.attempt,
+        seconds=round(telemetry.preflight_seconds, 2),
+        bus_bandwidth_bytes_per_second=tm.significant(bandwidth),
+    )
+    lost = s.lost_time or LostTime()
+    seconds = round(lost.preflight_seconds + telemetry.preflight_seconds, 1)
+    s.lost_time = lost.model_copy(update={"preflight_seconds": seconds})
+    step.plan.events.append(
+        Event(
+            "Normal",
+            "PreflightPassed",
+            f"attempt {s.attempt}: preflight passed in {s.preflight.seconds:g}s, all-reduce bus bandwidth "
+            f"{bandwidth / 1e9:.3g} GB/s",
+        )
+    )
+
+
 def _health(
     step: _Step,
     spec: TrainingJobSpec,
@@ -366,6 +402,12 @@ def reconcile(
     if failures:
         first = failures[0]
         what = describe(first)
+        if spec.preflight is not None and first.exit_code == contract.EXIT_PREFLIGHT_FAILED:
+            where = f" on node {first.node}" if first.node else ""
+            what = f"preflight failed in pod {first.name}{where}: {_cause_line(first.message)}"
+            if policy.restart_on is RestartOn.NEVER:
+                return step.fail(health.PREFLIGHT_FAILED, f"{what}; not restarted under restartOn=never", pods)
+            return _restart(step, spec, current, pods, health.PREFLIGHT_FAILED, what, avoid=first.node)
         if policy.restart_on is RestartOn.NEVER or not retryable(first, policy.restart_on):
             return step.fail("PodFailed", f"{what}; not retryable under restartOn={policy.restart_on.value}", pods)
         return _restart(step, spec, current, pods, "GangRestart", what)
@@ -422,6 +464,7 @@ def reconcile(
     # rounded and compared with thresholds), so a scrape alone never costs a status write.
     if telemetry is not None and cond.is_true(s, cond.RUNNING):
         tm.apply(s, spec, job.created, telemetry)
+        _preflight(step, telemetry)
         resumed = telemetry.resumed_from_step
         if telemetry.attempt == s.attempt and resumed is not None and s.resumed_from_step is None:
             s.resumed_from_step = resumed  # once per attempt: the event below is posted once

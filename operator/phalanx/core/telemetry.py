@@ -65,6 +65,8 @@ class PodSample:
     samples_per_second: float | None = None  # the pod's own recent rate (EMA gauge), for per-rank views
     last_step_time: float = 0.0  # unix seconds the pod's last step ended; 0 before the first
     wait_seconds: float = 0.0  # phalanx_trainer_collective_wait_seconds_total: waiting for peers
+    preflight_seconds: float = 0.0  # phalanx_trainer_preflight_seconds; 0: no preflight
+    preflight_bandwidth: float = 0.0  # phalanx_trainer_preflight_bus_bandwidth_bytes_per_second
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class JobTelemetry:
     checkpoint_time: float | None = None  # its unix time
     resumed_from_step: int | None = None  # the checkpoint step this attempt resumed from (None: fresh)
     progress: GangProgress | None = None  # each rank's progress and step time, for the health verdicts
+    preflight_seconds: float | None = None  # the attempt's preflight, slowest pod (None: none reported)
+    preflight_bandwidth: float | None = None  # its all-reduce bus bandwidth, lowest pod
 
 
 class Change(IntEnum):
@@ -185,6 +189,8 @@ def job_telemetry(
         checkpoint_time=newest_ckpt.checkpoint_time if newest_ckpt else None,
         resumed_from_step=next((s.resumed_from_step for s in newest if s.resumed_from_step >= 0), None),
         progress=progress,
+        preflight_seconds=max((s.preflight_seconds for s in newest if s.preflight_seconds > 0), default=None),
+        preflight_bandwidth=min((s.preflight_bandwidth for s in newest if s.preflight_bandwidth > 0), default=None),
     )
 
 

@@ -275,7 +275,7 @@ def train(
     if world > 1:
         ddp = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         clock = AllReduceClock()
-        clock.attach(ddp)
+        clock.attach(model)
 
     interval = config.checkpoint_interval_seconds or ctx.job.checkpoint_interval_seconds
     schedule = SaveSchedule(every_steps=config.checkpoint_every_steps, interval_seconds=interval)
