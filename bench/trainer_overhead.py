@@ -150,7 +150,7 @@ def _hook_costs(ctx: Any, args: argparse.Namespace) -> dict[str, float]:
     vote.drain()
     return {
         "metrics_observe_step": metrics_s,
-        "collective_wait_hook": _comm_hook_cost(args, ctx),
+        "collective_wait_clock": _clock_cost(),
         "checkpoint_schedule_check": schedule_s,
         "reseed": reseed_s,
         # Paid once per stop_check_every steps.
@@ -158,7 +158,19 @@ def _hook_costs(ctx: Any, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def _comm_hook_cost(args: argparse.Namespace, ctx: Any) -> float:
+def _clock_cost() -> float:
+    """Seconds per step of the collective-wait clock, timed directly: its hook and its read."""
+    from phalanx_trainer.pytorch.collectives import AllReduceClock
+
+    clock, n = AllReduceClock(), 100000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        clock._hook(None)  # type: ignore[arg-type]
+        clock.waited(time.perf_counter())
+    return (time.perf_counter() - t0) / n
+
+
+def _clock_in_ddp(args: argparse.Namespace) -> float:
     """Seconds per step the collective-wait clock (phalanx_trainer.pytorch.collectives) adds to DDP's
     forward + backward: the same batch through a plain DDP model and a watched one, alternating in
     blocks of 20 steps; the median over blocks of the difference of their mean step times."""
@@ -224,10 +236,12 @@ def _overhead_worker(rank: int, args: argparse.Namespace, port: int, world: int,
                 else:
                     runtime.append(_runtime_trial(args, ctx, Path(ckpt_root) / f"r{rank}"))
         hooks = _hook_costs(ctx, args)
+        in_ddp = _clock_in_ddp(args)
     finally:
         ctx.close()
     if rank == 0:
-        Path(out).write_text(json.dumps({"bare_step_s": bare, "runtime_step_s": runtime, "hook_s": hooks}))
+        raw = {"bare_step_s": bare, "runtime_step_s": runtime, "hook_s": hooks, "clock_in_ddp_s": in_ddp}
+        Path(out).write_text(json.dumps(raw))
 
 
 def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
@@ -264,6 +278,8 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
     summary["hook_s_per_step"] = raw["hook_s"]
     summary["hooks_total_s_per_step"] = per_step_hooks
     summary["overhead_from_hooks"] = per_step_hooks / summary["wall"]["bare_step_s_median"]
+    # The clock inside DDP's backward, as a paired difference of step times (noisy: two DDP models).
+    summary["clock_in_ddp_s_per_step"] = raw["clock_in_ddp_s"]
     return summary
 
 
@@ -391,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in o["hook_s_per_step"].items():
             print(f"    hook {name:<29} {s * 1e6:9.2f} us/step")
         print(f"    {'overhead, from hook costs':<34} {o['overhead_from_hooks'] * 100:9.3f} %")
+        in_ddp = o["clock_in_ddp_s_per_step"]
+        print(f"    {'wait clock inside DDP (paired)':<34} {in_ddp * 1e6:9.2f} us/step")
     c = result["checkpoint"]
     print(f"  checkpoint save, {c['checkpoint_mib']:.0f} MiB, median of {c['repeats']}")
     for label, secs, rate in (

@@ -8,6 +8,7 @@ Succeeded. A rank slowed with the example trainer's --slow-rank is named as the 
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -120,3 +121,54 @@ def test_slowed_rank_is_named_as_the_straggler_and_the_healthy_one_is_not(
     assert any("slow-worker-1" in e for e in job_events(kubectl, namespace, "slow"))
     job = jobs.get("slow")
     assert job["status"]["attempt"] == 1  # reported, not restarted: health.straggler.restart is off
+
+
+# --- preflight ----------------------------------------------------------------------------------------
+
+PREFLIGHT = {"allReduceBytes": 4 * 2**20, "timeoutSeconds": 60}
+SHORT = ["--steps", "20", "--batch-size", "16", "--log-every", "10"]
+
+
+def test_preflight_passes_and_its_bandwidth_is_in_status(
+    health_operator: OperatorProcess, procnode: NodeProcess, jobs: JobClient, namespace: str,
+    claim: Callable[[str], Path], kubectl: Kubectl,
+) -> None:  # fmt: skip
+    claim("ckpt")
+    manifest = training_job("pre", "ckpt", [*SHORT, "--step-sleep", "0.3"], preflight=PREFLIGHT)
+    kubectl_apply(kubectl, namespace, quick_grace(manifest))
+    job = jobs.wait("pre", lambda j: bool((j.get("status") or {}).get("preflight")), JOB_TIMEOUT, "status.preflight")
+    pre = job["status"]["preflight"]
+    assert pre["attempt"] == 1 and pre["seconds"] > 0 and pre["busBandwidthBytesPerSecond"] > 0, pre
+    print(f"preflight: {pre['seconds']}s, bus bandwidth {pre['busBandwidthBytesPerSecond'] / 1e9:.3f} GB/s (4 MiB)")
+    job = jobs.wait_state("pre", "Succeeded", timeout=JOB_TIMEOUT)
+    assert job["status"]["lostTime"]["preflightSeconds"] > 0
+    log = procnode.pod_log(namespace, "pre-worker-0")
+    assert "preflight passed in" in log and "done step 20/20" in log, log
+
+
+def test_preflight_fails_fast_naming_the_pod_and_the_peer_that_does_not_resolve(
+    health_operator: OperatorProcess, procnode: NodeProcess, jobs: JobClient, namespace: str,
+    claim: Callable[[str], Path], kubectl: Kubectl,
+) -> None:  # fmt: skip
+    claim("ckpt")
+    # The pods' own names resolve on the node; one more peer that exists nowhere stands for a DNS
+    # problem (the user's env wins over the operator's, the documented escape hatch).
+    peers = ",".join([f"bad-worker-{i}.bad.{namespace}.svc" for i in range(2)] + [f"ghost.bad.{namespace}.svc"])
+    manifest = training_job(
+        "bad", "ckpt", SHORT, env=[{"name": "PHALANX_PREFLIGHT_PEERS", "value": peers}],
+        preflight={**PREFLIGHT, "timeoutSeconds": 8}, runPolicy={"backoffLimit": 0},
+    )  # fmt: skip
+    kubectl_apply(kubectl, namespace, quick_grace(manifest))
+    job = jobs.wait_state("bad", "Failed", timeout=JOB_TIMEOUT)
+    failed = condition(job, "Failed")
+    assert failed is not None and failed["reason"] == "BackoffLimitExceeded", yaml.safe_dump(job["status"])
+    message = failed["message"]
+    assert f"preflight failed in pod bad-worker-0 on node {procnode.name}" in message or (
+        f"preflight failed in pod bad-worker-1 on node {procnode.name}" in message
+    ), message
+    assert re.search(rf"peer ghost\.bad\.{namespace}\.svc does not resolve after \d+s", message), message
+    started = parse_time(job["status"]["startTime"]) if job["status"].get("startTime") else None
+    ended = parse_time(job["status"]["completionTime"])
+    if started and ended:
+        print(f"preflight failure: job Failed {(ended - started).total_seconds():.0f}s after its pods ran")
+    assert "step " not in procnode.pod_log(namespace, "bad-worker-0")  # it never began training

@@ -529,7 +529,7 @@ class TrainingJobStatus(Model):
     """Throughput and scaling efficiency."""
     avoided_nodes: Annotated[list[str], Field(max_length=AVOIDED_NODES_KEPT)] = []
     """Nodes later attempts are kept off (required node affinity), oldest first: where a rank had an unhealthy
-    GPU or straggled (with health.straggler.restart); at most 16, the oldest dropped first."""
+    GPU, failed the preflight or straggled (with health.straggler.restart); at most 16, the oldest dropped first."""
     lost_time: LostTime | None = None
     """Wall time lost to hangs, between attempts and in preflight checks (goodput's known losses; docs/metrics.md)."""
     preflight: PreflightStatus | None = None
