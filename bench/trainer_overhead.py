@@ -170,43 +170,6 @@ def _clock_cost() -> float:
     return (time.perf_counter() - t0) / n
 
 
-def _clock_in_ddp(args: argparse.Namespace) -> float:
-    """Seconds per step the collective-wait clock (phalanx_trainer.pytorch.collectives) adds to DDP's
-    forward + backward: the same batch through a plain DDP model and a watched one, alternating in
-    blocks of 20 steps; the median over blocks of the difference of their mean step times."""
-    import torch
-    from torch import nn
-    from torch.nn.parallel import DistributedDataParallel
-
-    from phalanx_trainer.pytorch.collectives import AllReduceClock
-
-    model_a, data = _model_and_data(args)
-    model_b, _ = _model_and_data(args)
-    plain = DistributedDataParallel(model_a)
-    hooked = DistributedDataParallel(model_b)
-    clock = AllReduceClock()
-    clock.attach(model_b)
-    loss_fn = nn.CrossEntropyLoss()
-    x, y = data.tensors[0][: args.batch_size], data.tensors[1][: args.batch_size]
-
-    def block(ddp: Any, steps: int = 20) -> float:
-        torch.distributed.barrier()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            ddp.zero_grad(set_to_none=True)
-            loss_fn(ddp(x), y).backward()
-            clock.waited(time.perf_counter())
-        return (time.perf_counter() - t0) / steps
-
-    block(plain), block(hooked)  # warm-up
-    diffs = []
-    for i in range(16):
-        first, second = (plain, hooked) if i % 2 == 0 else (hooked, plain)
-        a, b = block(first), block(second)
-        diffs.append((b - a) if first is plain else (a - b))
-    return statistics.median(diffs)
-
-
 def _overhead_worker(rank: int, args: argparse.Namespace, port: int, world: int, out: str, ckpt_root: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -236,12 +199,10 @@ def _overhead_worker(rank: int, args: argparse.Namespace, port: int, world: int,
                 else:
                     runtime.append(_runtime_trial(args, ctx, Path(ckpt_root) / f"r{rank}"))
         hooks = _hook_costs(ctx, args)
-        in_ddp = _clock_in_ddp(args)
     finally:
         ctx.close()
     if rank == 0:
-        raw = {"bare_step_s": bare, "runtime_step_s": runtime, "hook_s": hooks, "clock_in_ddp_s": in_ddp}
-        Path(out).write_text(json.dumps(raw))
+        Path(out).write_text(json.dumps({"bare_step_s": bare, "runtime_step_s": runtime, "hook_s": hooks}))
 
 
 def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
@@ -278,8 +239,6 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
     summary["hook_s_per_step"] = raw["hook_s"]
     summary["hooks_total_s_per_step"] = per_step_hooks
     summary["overhead_from_hooks"] = per_step_hooks / summary["wall"]["bare_step_s_median"]
-    # The clock inside DDP's backward, as a paired difference of step times (noisy: two DDP models).
-    summary["clock_in_ddp_s_per_step"] = raw["clock_in_ddp_s"]
     return summary
 
 
@@ -407,8 +366,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in o["hook_s_per_step"].items():
             print(f"    hook {name:<29} {s * 1e6:9.2f} us/step")
         print(f"    {'overhead, from hook costs':<34} {o['overhead_from_hooks'] * 100:9.3f} %")
-        in_ddp = o["clock_in_ddp_s_per_step"]
-        print(f"    {'wait clock inside DDP (paired)':<34} {in_ddp * 1e6:9.2f} us/step")
     c = result["checkpoint"]
     print(f"  checkpoint save, {c['checkpoint_mib']:.0f} MiB, median of {c['repeats']}")
     for label, secs, rate in (
