@@ -214,7 +214,9 @@ class StragglerPolicy(Model):
 
     # The schema's fractional minimum alone lets an integer 1 through (the apiserver compares integers with
     # the minimum truncated to an integer): the rule holds the bound for both.
-    model_config = cel(rule("!has(self.threshold) || self.threshold >= 1.1", "threshold must be at least 1.1", ".threshold"))
+    model_config = cel(
+        rule("!has(self.threshold) || self.threshold >= 1.1", "threshold must be at least 1.1", ".threshold")
+    )
 
     threshold: Annotated[float, Field(ge=1.1, le=100)] = 1.5
     """A rank whose step time, less its wait for peers in collectives, is at least this many times the median
