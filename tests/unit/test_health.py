@@ -376,3 +376,76 @@ def test_preflight_result_goes_into_status_once_per_attempt() -> None:
     assert [e.reason for e in plan.events] == ["PreflightPassed"]
     again = reconcile(job(spec(**PREFLIGHT), plan.status), [pod(0), pod(1)], True, at(45), telemetry=t)
     assert not again.status_changed and not again.events
+
+
+# --- node-level GPU health: conditions and taints -----------------------------------------------------
+
+XID = {
+    "type": "AcceleratedHardwareReady",
+    "status": "False",
+    "reason": "NvidiaXID79",
+    "message": "fell off the bus",
+}
+XID_WHY = "condition AcceleratedHardwareReady=False (NvidiaXID79: fell off the bus)"
+TAINT = {"key": "gpu.health/unhealthy", "value": "xid", "effect": "NoSchedule"}
+DEFAULTS = health.NodeSignals()
+
+
+@pytest.mark.parametrize(
+    ("case", "conditions", "taints", "signals", "why"),
+    [
+        ("healthy", [{"type": "Ready", "status": "True"}], [], DEFAULTS, None),
+        ("EKS agent", [XID], [], DEFAULTS, XID_WHY),
+        ("condition True is fine", [{**XID, "status": "True"}], [], DEFAULTS, None),
+        ("taint", [], [TAINT], health.NodeSignals(taints=("gpu.health/unhealthy",)),
+         "taint gpu.health/unhealthy=xid:NoSchedule"),
+        ("taint not configured", [], [TAINT], DEFAULTS, None),
+        ("conditions off", [XID], [], health.NodeSignals(conditions=()), None),
+    ],
+)  # fmt: skip
+def test_node_unhealthy_table(
+    case: str,
+    conditions: list[dict[str, str]],
+    taints: list[dict[str, str]],
+    signals: health.NodeSignals,
+    why: str | None,
+) -> None:
+    assert health.node_unhealthy(conditions, taints, signals) == why, case
+
+
+def test_node_signals_from_the_operators_environment() -> None:
+    from phalanx.controller import node_signals as ns
+
+    assert ns.from_env({}) == health.NodeSignals()
+    got = ns.from_env({ns.ENV_CONDITIONS: "GpuHealthy=False, XidErrors=True", ns.ENV_TAINTS: "a/b, c"})
+    assert got == health.NodeSignals(conditions=(("GpuHealthy", "False"), ("XidErrors", "True")), taints=("a/b", "c"))
+    assert ns.from_env({ns.ENV_CONDITIONS: ""}).conditions == ()
+    with pytest.raises(
+        ns.NodeSignalsError, match=r"PHALANX_UNHEALTHY_NODE_CONDITIONS=.*'GpuHealthy' is not Type=Status"
+    ):
+        ns.from_env({ns.ENV_CONDITIONS: "GpuHealthy"})
+
+
+def test_an_unhealthy_node_is_not_schedulable_for_admission() -> None:
+    from phalanx.controller.caches import node_entry
+
+    body = {
+        "metadata": {"name": "gpu-3", "labels": {}},
+        "spec": {},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}, XID]},
+    }
+    view = node_entry(body)
+    assert not view.schedulable and view.unhealthy is not None and "NvidiaXID79" in view.unhealthy
+
+
+def test_a_rank_on_an_unhealthy_node_restarts_the_gang_off_it() -> None:
+    s = running_status()
+    pods = [pod(0, node="gpu-1"), pod(1, node="gpu-3")]
+    plan = reconcile(
+        job(spec(), s), pods, True, at(5), unhealthy_nodes={"gpu-3": "condition AcceleratedHardwareReady=False"}
+    )
+    r = plan.status
+    c = cond.get(r, cond.RESTARTING)
+    assert c is not None and c.reason == "GPUUnhealthy"
+    assert c.message.startswith("node gpu-3 of pod j-worker-1 is unhealthy: condition AcceleratedHardwareReady=False")
+    assert r.avoided_nodes == ["gpu-3"]

@@ -76,7 +76,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
 
     @kopf.index("nodes", registry=registry, id="node_index")
     async def node_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
-        return {kw["name"]: caches.node_entry(body)}
+        return {kw["name"]: caches.node_entry(body, op.node_signals)}
 
     @kopf.index(
         "pods", registry=registry, id="usage_index", when=lambda body, **_: caches.usage_entry(body) is not None
@@ -121,6 +121,8 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
 
     @kopf.on.event("nodes", registry=registry)
     async def node_event(body: kopf.Body, **kw: Any) -> None:
-        op.admitter.node_changed(kw["name"], None if kw["type"] == "DELETED" else caches.node_entry(body))
+        view = None if kw["type"] == "DELETED" else caches.node_entry(body, op.node_signals)
+        op.admitter.node_changed(kw["name"], view)
+        op.node_health_changed(kw["name"], view.unhealthy if view is not None else None)
 
     return registry

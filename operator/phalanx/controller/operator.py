@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phalanx.api.models import API_VERSION, KIND
-from phalanx.controller import caches, metrics
+from phalanx.controller import caches, metrics, node_signals
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
@@ -67,6 +67,8 @@ class Operator:
         self._refusals: dict[JobKey, CreateRefusal] = {}
         # Trainer telemetry; settings are validated here so a misconfiguration stops the operator at once.
         self.scraper = Scraper(self, ScrapeSettings.from_env())
+        self.node_signals = node_signals.from_env()
+        self._unhealthy_nodes: dict[str, str] = {}  # node -> why, as last seen, to wake its jobs on a change
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, indices: Mapping[str, Any]) -> None:
@@ -106,6 +108,27 @@ class Operator:
             return 0
         value = self._one("priority_index", class_name)
         return int(value) if value is not None else 0
+
+    def node_health_changed(self, node: str, why: str | None) -> None:
+        """Wake the jobs with pods on `node` when its GPUs turn unhealthy or healthy (O(pods), on a change only)."""
+        if self._unhealthy_nodes.get(node) == why:
+            return
+        if why is None:
+            self._unhealthy_nodes.pop(node, None)
+        else:
+            self._unhealthy_nodes[node] = why
+        for key, store in list(self.indices.get("pod_index", {}).items()):
+            if any(e["view"].node == node for e in store or []):
+                self.enqueue(key)
+
+    def unhealthy_nodes(self, pods: list[PodView]) -> dict[str, str]:
+        """The nodes of `pods` whose GPUs are marked unhealthy, from the node cache: node -> why."""
+        out = {}
+        for node in {p.node for p in pods if p.node}:
+            view = self._one("node_index", node)
+            if view is not None and view.unhealthy:
+                out[node] = view.unhealthy
+        return out
 
     # --- reconcile -------------------------------------------------------------------------------
     def enqueue(self, key: JobKey) -> None:
@@ -218,6 +241,7 @@ class Operator:
             telemetry=telemetry,
             refusal=self._refusals.get(key),
             failure=failing.message if failing else None,
+            unhealthy_nodes=self.unhealthy_nodes(pods),
         )
         await self._apply(key, job, body, plan)
         if job.spec is not None and gated_waiting(job, pods, plan):

@@ -37,7 +37,8 @@ class NodeView:
     allocatable: Mapping[str, int]  # accelerator resource -> count
     labels: Mapping[str, str]
     taints: frozenset[str] = frozenset()  # keys of NoSchedule/NoExecute taints
-    schedulable: bool = True  # Ready and not cordoned
+    schedulable: bool = True  # Ready, not cordoned, and its accelerators not marked unhealthy
+    unhealthy: str | None = None  # why its accelerators count as unhealthy (core/health.node_unhealthy)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ wrote on the pods; docs/health.md describes every signal and how noise is kept o
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from phalanx.api.models import TrainingJobSpec, TrainingJobStatus
 from phalanx.core import conditions as cond
@@ -167,6 +168,49 @@ def unhealthy_device(pods: Sequence[PodView]) -> UnhealthyDevice | None:
         for resource, device, health in p.devices:
             if health == "Unhealthy":
                 return UnhealthyDevice(p, resource, device, health)
+    return None
+
+
+@dataclass(frozen=True)
+class NodeSignals:
+    """What marks a node's accelerators unhealthy, set by the operator's environment (docs/health.md):
+    node conditions (type, status), e.g. the EKS node monitoring agent's AcceleratedHardwareReady=False,
+    and taint keys that GPU health tooling puts on a node."""
+
+    conditions: tuple[tuple[str, str], ...] = (("AcceleratedHardwareReady", "False"),)
+    taints: tuple[str, ...] = ()
+
+
+def node_unhealthy(
+    conditions: Sequence[Mapping[str, Any]], taints: Sequence[Mapping[str, Any]], signals: NodeSignals
+) -> str | None:
+    """Why the node's accelerators count as unhealthy (quoting the condition or taint), or None."""
+    for c in conditions:
+        if (str(c.get("type")), str(c.get("status"))) in signals.conditions:
+            why = f"condition {c.get('type')}={c.get('status')}"
+            detail = ": ".join(str(x) for x in (c.get("reason"), c.get("message")) if x)
+            return f"{why} ({detail})" if detail else why
+    for t in taints:
+        if t.get("key") in signals.taints:
+            return f"taint {t.get('key')}" + (f"={t['value']}" if t.get("value") else "") + f":{t.get('effect')}"
+    return None
+
+
+@dataclass(frozen=True)
+class UnhealthyNode:
+    pod: PodView
+    node: str
+    why: str
+
+    def message(self) -> str:
+        return f"node {self.node} of pod {self.pod.name} is unhealthy: {self.why}"
+
+
+def on_unhealthy_node(pods: Sequence[PodView], unhealthy: Mapping[str, str]) -> UnhealthyNode | None:
+    """The first rank pod (by index) still running on a node marked unhealthy (node name -> why)."""
+    for p in sorted(pods, key=lambda p: p.index):
+        if p.node is not None and p.node in unhealthy and p.phase not in ("Succeeded", "Failed") and not p.terminating:
+            return UnhealthyNode(p, p.node, unhealthy[p.node])
     return None
 
 

@@ -277,17 +277,21 @@ def _health(
     current: Sequence[PodView],
     pods: Sequence[PodView],
     telemetry: tm.JobTelemetry | None,
+    unhealthy_nodes: Mapping[str, str],
 ) -> Plan | None:
     """Act on the health verdicts (core/health.py) for the current attempt: a restart's plan, or None
     after setting the Straggler condition."""
     s, now = step.status, step.now
     never = spec.run_policy.restart_on is RestartOn.NEVER
-    bad = health.unhealthy_device(current) if spec.health.restart_on_unhealthy_gpu else None
-    if bad is not None:
-        what = bad.message()
-        if never:
-            return step.fail(health.GPU_UNHEALTHY, f"{what}; not restarted under restartOn=never", pods)
-        return _restart(step, spec, current, pods, health.GPU_UNHEALTHY, what, avoid=bad.pod.node)
+    if spec.health.restart_on_unhealthy_gpu:
+        bad = health.unhealthy_device(current)
+        node = health.on_unhealthy_node(current, unhealthy_nodes) if bad is None else None
+        found = (bad.message(), bad.pod.node) if bad else (node.message(), node.node) if node else None
+        if found is not None:
+            what, where = found
+            if never:
+                return step.fail(health.GPU_UNHEALTHY, f"{what}; not restarted under restartOn=never", pods)
+            return _restart(step, spec, current, pods, health.GPU_UNHEALTHY, what, avoid=where)
     progress = telemetry.progress if telemetry is not None else None
     if progress is None or progress.attempt != s.attempt or not cond.is_true(s, cond.RUNNING):
         return None
@@ -332,10 +336,12 @@ def reconcile(
     telemetry: tm.JobTelemetry | None = None,
     refusal: CreateRefusal | None = None,
     failure: str | None = None,
+    unhealthy_nodes: Mapping[str, str] | None = None,
 ) -> Plan:
     """One plan for the job. `admission`: why gang admission keeps it waiting (fatal: it can never fit,
     known before any pod exists); `refusal`: the apiserver's last refusal of a create for it; `failure`:
-    the error its reconciles keep failing with, while they do (ReconcileError stays True until then)."""
+    the error its reconciles keep failing with, while they do (ReconcileError stays True until then);
+    `unhealthy_nodes`: the nodes of its pods whose GPUs are marked unhealthy (node -> why)."""
     step = _Step(job, now, failure)
     s = step.status
     if job.deleting:
@@ -426,7 +432,7 @@ def reconcile(
             f"restarts at world size {spec.world_size()} as attempt {s.attempt + 1}",
         )
 
-    verdict = _health(step, spec, current, pods, telemetry)
+    verdict = _health(step, spec, current, pods, telemetry, unhealthy_nodes or {})
     if verdict is not None:
         return verdict
 
