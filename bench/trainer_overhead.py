@@ -150,11 +150,24 @@ def _hook_costs(ctx: Any, args: argparse.Namespace) -> dict[str, float]:
     vote.drain()
     return {
         "metrics_observe_step": metrics_s,
+        "collective_wait_clock": _clock_cost(),
         "checkpoint_schedule_check": schedule_s,
         "reseed": reseed_s,
         # Paid once per stop_check_every steps.
         "stop_vote_poll_amortized": spent / polls / args.stop_check_every,
     }
+
+
+def _clock_cost() -> float:
+    """Seconds per step of the collective-wait clock, timed directly: its hook and its read."""
+    from phalanx_trainer.pytorch.collectives import AllReduceClock
+
+    clock, n = AllReduceClock(), 100000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        clock._hook(None)  # type: ignore[arg-type]
+        clock.waited(time.perf_counter())
+    return (time.perf_counter() - t0) / n
 
 
 def _overhead_worker(rank: int, args: argparse.Namespace, port: int, world: int, out: str, ckpt_root: str) -> None:

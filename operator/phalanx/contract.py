@@ -44,6 +44,10 @@ CHECKPOINT_URI: Final = "PHALANX_CHECKPOINT_URI"  # or an fsspec URL (s3://, gs:
 CHECKPOINT_KEEP: Final = "PHALANX_CHECKPOINT_KEEP"
 CHECKPOINT_INTERVAL_SECONDS: Final = "PHALANX_CHECKPOINT_INTERVAL_SECONDS"
 METRICS_PORT: Final = "PHALANX_METRICS_PORT"
+# spec.preflight (docs/health.md): set only when it is on. Peers: every pod's DNS name, comma-separated.
+PREFLIGHT_PEERS: Final = "PHALANX_PREFLIGHT_PEERS"
+PREFLIGHT_ALLREDUCE_BYTES: Final = "PHALANX_PREFLIGHT_ALLREDUCE_BYTES"
+PREFLIGHT_TIMEOUT_SECONDS: Final = "PHALANX_PREFLIGHT_TIMEOUT_SECONDS"
 
 # --- Ports and exit codes ----------------------------------------------------------------------
 DEFAULT_MASTER_PORT: Final = 29500
@@ -56,6 +60,9 @@ RETRYABLE_EXIT_CODES: Final = range(128, 256)
 EXIT_PREEMPTED: Final = 143
 # A contract problem (env missing or garbled) is a permanent error.
 EXIT_BAD_CONTRACT: Final = 2
+# The gang-wide preflight check failed in this pod (a peer does not resolve, the rendezvous or the
+# all-reduce did not complete): the operator restarts the gang off this pod's node.
+EXIT_PREFLIGHT_FAILED: Final = 3
 
 
 def is_retryable_exit_code(code: int) -> bool:

@@ -19,6 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from phalanx.controller import scraper as sc
 from phalanx.controller.scraper import ConfigError, Scraper, ScrapeSettings
+from phalanx.core import health
 from phalanx.core import telemetry as tm
 from phalanx.core.model import PodView
 from phalanx.core.observe import job_view
@@ -27,13 +28,20 @@ from phalanx_trainer.metrics import TrainerMetrics
 REPO = Path(__file__).resolve().parents[2]
 
 
-def trainer_text(samples: int = 0, attempt: int = 1, world: int = 2, checkpoint: int | None = None) -> str:
+def trainer_text(
+    samples: int = 0,
+    attempt: int = 1,
+    world: int = 2,
+    checkpoint: int | None = None,
+    step_s: float = 0.01,
+    wait_s: float = 0.0,
+) -> str:
     """The exposition the real trainer runtime serves (process metrics and histograms included)."""
     m = TrainerMetrics(local_world_size=1)
     ProcessCollector(registry=m.registry)
     m.set_identity(world_size=world, rank=0, attempt=attempt, procs_per_pod=1)
     for _ in range(samples // 32):
-        m.observe_step(0.01, 32)
+        m.observe_step(step_s, 32, wait_s)
     m.set_resumed_from(100 if attempt > 1 else None)
     if checkpoint is not None:
         m.observe_checkpoint(checkpoint, 0.5, timestamp=1_767_225_600.0)
@@ -247,3 +255,105 @@ def test_scrape_networks_limit_which_pod_addresses_are_contacted() -> None:
 
     with pytest.raises(ConfigError, match="PHALANX_SCRAPE_NETWORKS"):
         ScrapeSettings.from_env({"PHALANX_SCRAPE_NETWORKS": "10.0.0.0/33"})
+
+
+# --- health: each rank's progress and step time -------------------------------------------------------
+
+
+def health_rounds(
+    texts: dict[str, Callable[[], str]], spec: dict[str, Any], ticks: int, advance: Callable[[int], None]
+) -> list[tuple[bool, tm.JobTelemetry | None]]:
+    """`ticks` scrape rounds 10 s apart (fake monotonic and wall clocks) against real endpoints, the
+    job's status written as the reconcile would; per round: whether it queued the job, and its telemetry."""
+    from datetime import timedelta
+
+    from phalanx.core.observe import parse_time
+
+    async def scenario() -> list[tuple[bool, tm.JobTelemetry | None]]:
+        port = free_port()
+        runners = await serve(texts, port)
+        pods = [
+            PodView(name=f"j-worker-{i}", index=i, attempt=1, phase="Running", ip=ip, node=f"node-{i}")
+            for i, ip in enumerate(texts)
+        ]
+        body = job_body(port)
+        body["spec"].update(spec)
+        op = FakeOperator(body, pods)
+        clock = [1000.0]
+        t0 = parse_time("2026-01-01T00:00:00Z")
+        assert t0 is not None
+        scraper = Scraper(
+            op,
+            ScrapeSettings(interval_s=10, window_s=60, min_update_s=60, timeout_s=1),
+            clock=lambda: clock[0],
+            wall=lambda: t0 + timedelta(seconds=clock[0] - 1000.0),
+        )
+        rounds: list[tuple[bool, tm.JobTelemetry | None]] = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for i in range(ticks):
+                    before = len(op.queued)
+                    await scraper.tick(session)
+                    t = scraper.latest(("ns", "j"))
+                    rounds.append((len(op.queued) > before, t))
+                    if t is not None and len(op.queued) > before:
+                        reconcile_and_write(op.body, t)
+                    advance(i)
+                    clock[0] += 10
+        finally:
+            for r in runners:
+                await r.cleanup()
+        return rounds
+
+    return asyncio.run(scenario())
+
+
+def test_a_rank_that_stops_answering_is_a_hang_after_the_deadline_and_is_named() -> None:
+    steps = {"127.0.0.2": 0, "127.0.0.3": 0}
+    stopped = {"127.0.0.3": False}
+
+    def text(ip: str) -> str:
+        if stopped.get(ip):
+            raise web.HTTPServiceUnavailable()  # as good as a SIGSTOPped process for the scraper
+        return trainer_text(samples=steps[ip], world=2)
+
+    def advance(i: int) -> None:
+        if i < 4:  # training for 40 s, then worker-1 stops and worker-0 blocks in the all-reduce
+            for ip in steps:
+                steps[ip] += 320
+        stopped["127.0.0.3"] = i >= 4
+
+    texts = {ip: (lambda ip=ip: text(ip)) for ip in steps}
+    rounds = health_rounds(texts, {"runPolicy": {"progressDeadlineSeconds": 30}}, 10, advance)
+    verdicts = [health.hang(t.progress, 30, t.observed_at) if t and t.progress else None for _, t in rounds]
+    # The last advance is seen in round 4 (t=40 s): from round 7 (t=70 s) on it is a hang, and queued.
+    assert [v is not None for v in verdicts] == [False] * 7 + [True] * 3
+    assert all(queued for queued, _ in rounds[7:])
+    last = verdicts[-1]
+    assert last is not None and last.first.pod == "j-worker-1" and last.step == 40 and last.seconds == 50
+
+
+def test_the_slow_rank_is_named_from_step_time_less_collective_wait() -> None:
+    steps = {"127.0.0.2": 0, "127.0.0.3": 0}
+    # Lockstep: both ranks' steps take 30 ms; worker-0 spends 20 ms of it waiting for worker-1.
+    texts = {
+        "127.0.0.2": lambda: trainer_text(samples=steps["127.0.0.2"], step_s=0.03, wait_s=0.02),
+        "127.0.0.3": lambda: trainer_text(samples=steps["127.0.0.3"], step_s=0.03, wait_s=0.0),
+    }
+
+    def advance(i: int) -> None:
+        for ip in steps:
+            steps[ip] += 320
+
+    rounds = health_rounds(texts, {}, 7, advance)
+    named = [
+        [s.rank.pod for s in health.stragglers(t.progress.ranks, 1.5)] if t and t.progress else [] for _, t in rounds
+    ]
+    # The first read is in round 1 (jobs are spread over the interval); judged once the window holds
+    # health.MIN_INTERVALS intervals (from round 4), then every round, and queued each time.
+    assert named == [[]] * 4 + [["j-worker-1"]] * 3
+    assert all(queued for queued, _ in rounds[4:])
+    t = rounds[-1][1]
+    assert t is not None and t.progress is not None
+    [slow] = health.stragglers(t.progress.ranks, 1.5)
+    assert (slow.rank.node, round(slow.ratio, 1)) == ("node-1", 3.0)

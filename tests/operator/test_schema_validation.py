@@ -104,6 +104,14 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         with_spec(metrics={"baselineSamplesPerSecond": 1e-300}),
         "spec.metrics.baselineSamplesPerSecond",
     ),
+    (
+        "progressDeadlineSeconds below 10",
+        with_spec(runPolicy={"progressDeadlineSeconds": 5}),
+        "spec.runPolicy.progressDeadlineSeconds",
+    ),
+    ("straggler threshold 1", with_spec(health={"straggler": {"threshold": 1.0}}), "spec.health.straggler.threshold"),
+    ("preflight with tensorflow", with_spec(framework="tensorflow", preflight={}), "spec.preflight"),
+    ("preflight all-reduce of 0 bytes", with_spec(preflight={"allReduceBytes": 0}), "spec.preflight.allReduceBytes"),
     # The pod template is checked against Kubernetes' own PodTemplateSpec schema.
     ("integer label value", with_template({"labels": {"team": 5}}), "spec.template.metadata.labels.team"),
     ("annotations not a map", with_template({"annotations": 5}), "spec.template.metadata.annotations"),

@@ -100,8 +100,10 @@ def start_torch_job(
     metrics_port: int | None = None,
     name: str = "job",
     ckpt_uri: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Job:
-    """One process per pod, as the operator sets it up: MASTER_*, WORLD_SIZE, RANK, NODE_RANK."""
+    """One process per pod, as the operator sets it up: MASTER_*, WORLD_SIZE, RANK, NODE_RANK; `env`
+    adds to every rank's."""
     port = free_port()
     job = Job()
     for rank in range(world):
@@ -122,6 +124,7 @@ def start_torch_job(
             extra["PHALANX_CHECKPOINT_URI"] = ckpt_uri
         if metrics_port is not None and rank == 0:
             extra["PHALANX_METRICS_PORT"] = str(metrics_port)
+        extra.update(env or {})
         job.procs.append(spawn(TORCH_TRAINER, args, base_env(**extra), tmp / f"{name}-a{attempt}-r{rank}.log"))
     return job
 

@@ -9,6 +9,8 @@ import pytest
 from phalanx_trainer.env import parse_tf_config, read_job_env, read_torch_env
 from phalanx_trainer.errors import ContractError
 
+PREFLIGHT_BYTES, PREFLIGHT_TIMEOUT = "PHALANX_PREFLIGHT_ALLREDUCE_BYTES", "PHALANX_PREFLIGHT_TIMEOUT_SECONDS"
+
 pytestmark = pytest.mark.training
 
 TORCH = {"MASTER_ADDR": "job-worker-0.job.ns.svc", "MASTER_PORT": "29500", "WORLD_SIZE": "4", "RANK": "2"}
@@ -101,6 +103,13 @@ def test_job_env_defaults_and_values(tmp_path: object) -> None:
     assert (remote.checkpoint_uri, remote.checkpoint_dir) == ("s3://bucket/runs/j", None)
 
 
+def test_preflight_env_is_read_only_when_the_operator_sets_it() -> None:
+    assert read_job_env({}).preflight is None
+    pre = read_job_env({"PHALANX_PREFLIGHT_PEERS": "j-worker-0.j.ns.svc, j-worker-1.j.ns.svc"}).preflight
+    assert pre is not None and pre.peers == ("j-worker-0.j.ns.svc", "j-worker-1.j.ns.svc")
+    assert (pre.allreduce_bytes, pre.timeout_seconds) == (2**26, 120.0)
+
+
 @pytest.mark.parametrize(
     ("environ", "variable"),
     [
@@ -113,6 +122,15 @@ def test_job_env_defaults_and_values(tmp_path: object) -> None:
         ({"PHALANX_CHECKPOINT_URI": "s3://bucket/x", "PHALANX_CHECKPOINT_DIR": "/ckpt"}, "PHALANX_CHECKPOINT_URI"),
         ({"PHALANX_CHECKPOINT_URI": "file:///a", "PHALANX_CHECKPOINT_DIR": "/b"}, "PHALANX_CHECKPOINT_URI"),
         ({"PHALANX_CHECKPOINT_URI": "s3://"}, "PHALANX_CHECKPOINT_URI"),
+        ({"PHALANX_PREFLIGHT_PEERS": " , "}, "PHALANX_PREFLIGHT_PEERS"),
+        (
+            {"PHALANX_PREFLIGHT_PEERS": "a", "PHALANX_PREFLIGHT_ALLREDUCE_BYTES": "1"},
+            "PHALANX_PREFLIGHT_ALLREDUCE_BYTES",
+        ),
+        (
+            {"PHALANX_PREFLIGHT_PEERS": "a", "PHALANX_PREFLIGHT_TIMEOUT_SECONDS": "soon"},
+            "PHALANX_PREFLIGHT_TIMEOUT_SECONDS",
+        ),
     ],
 )
 def test_job_env_garbled_values_name_the_variable(environ: dict[str, str], variable: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import urllib.request
@@ -256,6 +257,64 @@ def test_metrics_endpoint_while_training(tmp_path: Path, cleanup: list[Job]) -> 
     # Live values, not a snapshot: the counter keeps moving.
     wait_for(lambda: scrape()["phalanx_trainer_steps_total"] > steps, 30, "the step counter to move", poll=0.1)
     job.kill()
+
+
+@pytest.mark.parametrize(("slow_rank", "waits"), [(1, True), (0, False)], ids=["peer-slow", "self-slow"])
+def test_collective_wait_tells_the_slow_rank_from_its_peers(
+    tmp_path: Path, cleanup: list[Job], slow_rank: int, waits: bool
+) -> None:
+    """Rank 0 serves the metrics. When rank 1 sleeps 50 ms a step, rank 0's steps are as long (DDP
+    lockstep) but spent mostly waiting in the all-reduce; when rank 0 is the slow one it hardly waits."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    args = [*MODEL_ARGS[:1], "100000", *MODEL_ARGS[2:], "--slow-rank", str(slow_rank), "--slow-sleep", "0.05"]
+    job = start_torch_job(tmp_path, 2, args, ckpt_dir=None, metrics_port=port)
+    cleanup.append(job)
+    values: dict[str, float] = {}
+
+    def enough_steps() -> bool:
+        nonlocal values
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return False
+        values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+        return values.get("phalanx_trainer_steps_total", 0) >= 40
+
+    wait_for(enough_steps, 90, "40 steps in the metrics", poll=0.2)
+    job.kill()
+    waited = values["phalanx_trainer_collective_wait_seconds_total"]
+    share = waited / values["phalanx_trainer_step_duration_seconds_sum"]
+    assert (share > 0.5) is waits, values
+
+
+def test_preflight_passes_and_reports_its_bandwidth(tmp_path: Path, cleanup: list[Job]) -> None:
+    port = free_port()
+    preflight = {"PHALANX_PREFLIGHT_PEERS": "localhost,127.0.0.1", "PHALANX_PREFLIGHT_ALLREDUCE_BYTES": str(2**22)}
+    args = [*MODEL_ARGS[:1], "20", *MODEL_ARGS[2:]]
+    job = start_torch_job(tmp_path, 2, args, ckpt_dir=None, metrics_port=port, env=preflight)
+    cleanup.append(job)
+    job.wait_ok(timeout=120)
+    out = job.chief.output()
+    m = re.search(
+        r"^preflight passed in ([\d.]+)s: all-reduce of 4.0 MiB in [\d.]+ ms, bus bandwidth ([\d.]+) GB/s", out, re.M
+    )
+    assert m, out
+    assert float(m.group(2)) > 0
+    assert "done step 20/20" in out
+
+
+def test_preflight_fails_fast_naming_the_peer_that_does_not_resolve(tmp_path: Path, cleanup: list[Job]) -> None:
+    peers = "localhost,nosuch-worker-7.nowhere.invalid"
+    preflight = {"PHALANX_PREFLIGHT_PEERS": peers, "PHALANX_PREFLIGHT_TIMEOUT_SECONDS": "3"}
+    job = start_torch_job(tmp_path, 2, MODEL_ARGS, ckpt_dir=None, env=preflight)
+    cleanup.append(job)
+    assert job.wait(timeout=60) == [3, 3]  # contract.EXIT_PREFLIGHT_FAILED, before any step
+    out = job.chief.output()
+    assert "preflight failed: peer nosuch-worker-7.nowhere.invalid does not resolve after 3s" in out, out
+    assert "step " not in out
 
 
 def test_checkpoints_through_an_object_store_url(

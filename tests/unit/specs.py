@@ -42,14 +42,13 @@ def pod(
 ) -> PodView:
     return PodView(
         name=f"j-a{attempt}-worker-{index}",
-        uid=f"uid-{index}-a{attempt}",
         index=index,
         attempt=attempt,
         phase=phase,
         ready=phase == "Running",
         replicas=replicas,
         node=node,
-        **kw,
+        **{"uid": f"uid-{index}-a{attempt}", **kw},
     )
 
 

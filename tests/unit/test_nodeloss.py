@@ -43,7 +43,7 @@ def test_which_pods_are_lost(health: NodeHealth | None, phase: str, lost: bool, 
 
 
 def test_nodes_not_in_the_map_and_unbound_pods_are_not_judged() -> None:
-    pods = [pod(0), PodView(name="j-worker-1", index=1, attempt=1, phase="Pending", gated=True)]
+    pods = [pod(0), PodView(name="j-a1-worker-1", index=1, attempt=1, phase="Pending", gated=True)]
     assert node_loss(pods, {}, 40, T0).lost == []
 
 
@@ -52,8 +52,8 @@ def test_describe_names_each_node_and_its_pods() -> None:
     health = {"gpu-1": None, "gpu-2": NodeHealth("gpu-2", ready=False, since=T0 - timedelta(seconds=50))}
     text = node_loss(pods, health, 40, T0).describe()
     assert text == (
-        "node gpu-1 was deleted under pods j-worker-0, j-worker-1, j-worker-2 and 2 more; "
-        "node gpu-2 has been NotReady for 50 s (NotReady) under pod j-worker-5"
+        "node gpu-1 was deleted under pods j-a1-worker-0, j-a1-worker-1, j-a1-worker-2 and 2 more; "
+        "node gpu-2 has been NotReady for 50 s (NotReady) under pod j-a1-worker-5"
     )
 
 
@@ -71,9 +71,9 @@ def test_deleted_node_restarts_the_gang_as_node_lost_and_force_deletes_its_pods(
     assert s.attempt == 2 and s.restarts == 1 and s.state == "Restarting"
     restarting = cond.get(s, cond.RESTARTING)
     assert restarting is not None and restarting.reason == "NodeLost"
-    assert restarting.message.startswith("node gone was deleted under pod j-worker-1; restarting all 3 pods")
-    assert plan.force_delete_pods == [("j-worker-1", "u1")]
-    assert sorted(p.name for p in plan.delete_pods) == ["j-worker-0", "j-worker-2"]  # the healthy ranks, gracefully
+    assert restarting.message.startswith("node gone was deleted under pod j-a1-worker-1; restarting all 3 pods")
+    assert plan.force_delete_pods == [("j-a1-worker-1", "u1")]
+    assert sorted(p.name for p in plan.delete_pods) == ["j-a1-worker-0", "j-a1-worker-2"]  # the healthy ranks, gracefully
     assert [e.reason for e in plan.events] == ["NodeLost"]
     assert not plan.create  # the gang barrier: the new attempt waits for the old pods to go
 
@@ -85,7 +85,7 @@ def test_not_ready_within_grace_keeps_the_gang_and_looks_again_at_the_end_of_it(
     assert not plan.force_delete_pods and not plan.delete_pods
     assert plan.requeue_after == pytest.approx(15)
     later = reconcile(j, pods, True, T0 + timedelta(seconds=15), nodes={"gone": unknown_since(45)})
-    assert later.status.attempt == 2 and later.force_delete_pods == [("j-worker-1", "u1")]
+    assert later.status.attempt == 2 and later.force_delete_pods == [("j-a1-worker-1", "u1")]
     c = cond.get(later.status, cond.RESTARTING)
     assert c is not None and c.reason == "NodeLost" and "has been NotReady for 60 s (NodeStatusUnknown)" in c.message
 
@@ -103,7 +103,7 @@ def test_restart_on_never_fails_with_node_lost() -> None:
     plan = reconcile(j, pods, True, T0, nodes={"gone": None})
     failed = cond.get(plan.status, cond.FAILED)
     assert failed is not None and failed.reason == "NodeLost" and "node gone was deleted" in failed.message
-    assert plan.force_delete_pods == [("j-worker-1", "u1")] and "j-worker-1" not in [p.name for p in plan.delete_pods]
+    assert plan.force_delete_pods == [("j-a1-worker-1", "u1")] and "j-a1-worker-1" not in [p.name for p in plan.delete_pods]
 
 
 def test_node_loss_counts_against_the_backoff_limit() -> None:
@@ -117,7 +117,7 @@ def test_lost_pods_of_an_old_attempt_are_force_deleted_so_the_barrier_does_not_w
     s = TrainingJobStatus(attempt=2)
     stuck = pod(1, attempt=1, node="gone", uid="old", terminating=True)
     plan = reconcile(job(spec(), s), [stuck], True, T0, nodes={"gone": None})
-    assert plan.force_delete_pods == [("j-worker-1", "old")] and not plan.delete_pods
+    assert plan.force_delete_pods == [("j-a1-worker-1", "old")] and not plan.delete_pods
     assert plan.status.attempt == 2  # no new restart for an attempt already left
 
 
@@ -129,7 +129,7 @@ def test_a_job_being_deleted_still_force_deletes_its_lost_pods() -> None:
         T0,
         nodes={"gone": None},
     )
-    assert plan.force_delete_pods == [("j-worker-0", "u")]
+    assert plan.force_delete_pods == [("j-a1-worker-0", "u")]
 
 
 def test_without_node_information_nothing_is_lost() -> None:

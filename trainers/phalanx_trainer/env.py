@@ -88,6 +88,29 @@ def _port(environ: Environ, name: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class PreflightEnv:
+    """spec.preflight as the operator passes it (PHALANX_PREFLIGHT_*)."""
+
+    peers: tuple[str, ...]  # every pod's DNS name
+    allreduce_bytes: int
+    timeout_seconds: float
+
+
+def read_preflight_env(env: Environ) -> PreflightEnv | None:
+    raw = get_str(env, contract.PREFLIGHT_PEERS)
+    if raw is None:
+        return None
+    peers = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not peers:
+        raise ContractError(contract.PREFLIGHT_PEERS, f"names no peer: {raw!r}")
+    return PreflightEnv(
+        peers=peers,
+        allreduce_bytes=_opt_int(env, contract.PREFLIGHT_ALLREDUCE_BYTES, minimum=4, maximum=2**34) or 2**26,
+        timeout_seconds=_opt_float(env, contract.PREFLIGHT_TIMEOUT_SECONDS, minimum=1.0) or 120.0,
+    )
+
+
+@dataclass(frozen=True)
 class JobEnv:
     """The PHALANX_* part of the contract, shared by every framework."""
 
@@ -100,6 +123,7 @@ class JobEnv:
     checkpoint_keep: int
     checkpoint_interval_seconds: float | None
     metrics_port: int | None  # None: do not serve metrics
+    preflight: PreflightEnv | None = None  # None: no preflight check
 
     @property
     def is_restart(self) -> bool:
@@ -142,6 +166,7 @@ def read_job_env(environ: Environ | None = None) -> JobEnv:
         checkpoint_keep=_opt_int(env, contract.CHECKPOINT_KEEP, minimum=1) or DEFAULT_CHECKPOINT_KEEP,
         checkpoint_interval_seconds=_opt_float(env, contract.CHECKPOINT_INTERVAL_SECONDS, minimum=0.0) or None,
         metrics_port=_port(env, contract.METRICS_PORT),
+        preflight=read_preflight_env(env),
     )
 
 

@@ -31,3 +31,9 @@ class RuntimeConfigError(Exception):
     Permanent like a contract error, but not the operator's fault: the CLI prints one line and
     exits 1.
     """
+
+
+class PreflightFailed(Exception):
+    """The preflight check failed in this pod; the message names the cause (which peer, which step).
+
+    The CLI prints one line and exits EXIT_PREFLIGHT_FAILED, which the operator reads as a bad node."""

@@ -43,6 +43,14 @@ class TrainerMetrics:
             buckets=STEP_BUCKETS,
             registry=r,
         )
+        # Its share of the step time: the rest is this process's own work, which is what tells a slow
+        # rank (little waiting) from its peers (waiting for it) when DDP keeps them in lockstep.
+        self.collective_wait = Counter(
+            p + "collective_wait_seconds",
+            "Time this pod's training process spent blocked in the gradient all-reduce after its own "
+            "backward pass was done (PyTorch DDP; 0 where the framework does not let it be measured)",
+            registry=r,
+        )
         self.last_step_timestamp = Gauge(
             p + "last_step_timestamp_seconds",
             "Unix time the last training step ended (its age: a stalled rank)",
@@ -68,6 +76,16 @@ class TrainerMetrics:
         self.rank = Gauge(p + "rank", "Global rank of the process that serves these metrics", registry=r)
         self.attempt = Gauge(p + "attempt", "Gang attempt (PHALANX_ATTEMPT, 1-based)", registry=r)
         self.procs_per_pod = Gauge(p + "procs_per_pod", "Training processes in this pod", registry=r)
+        self.preflight_seconds = Gauge(
+            p + "preflight_seconds",
+            "Duration of this attempt's preflight check (peers resolved, rendezvous, all-reduce); 0 without one",
+            registry=r,
+        )
+        self.preflight_bandwidth = Gauge(
+            p + "preflight_bus_bandwidth_bytes_per_second",
+            "Bus bandwidth of the preflight all-reduce: 2 (n-1)/n x bytes / seconds; 0 without a preflight",
+            registry=r,
+        )
         self.resumed_from_step.set(-1)
         self.last_checkpoint_step.set(-1)
         self.procs_per_pod.set(local_world_size)
@@ -92,12 +110,15 @@ class TrainerMetrics:
         self.attempt.set(attempt)
         self.procs_per_pod.set(procs_per_pod)
 
-    def observe_step(self, duration_s: float, samples: int) -> None:
-        """One step of this process: `samples` of its own; recorded as the pod's."""
+    def observe_step(self, duration_s: float, samples: int, wait_s: float = 0.0) -> None:
+        """One step of this process: `samples` of its own, recorded as the pod's; `wait_s` of the step
+        was spent waiting for peers in collectives."""
         if not self.enabled:
             return
         pod_samples = samples * self.local_world_size
         self.steps.inc()
+        if wait_s > 0:
+            self.collective_wait.inc(wait_s)
         self.samples.inc(pod_samples)
         self.step_duration.observe(duration_s)
         self.last_step_timestamp.set(time.time())
@@ -127,6 +148,11 @@ class TrainerMetrics:
         if self.enabled:
             self.last_checkpoint_step.set(step)
             self.last_checkpoint_timestamp.set(timestamp)
+
+    def set_preflight(self, seconds: float, bus_bytes_per_second: float) -> None:
+        if self.enabled:
+            self.preflight_seconds.set(seconds)
+            self.preflight_bandwidth.set(bus_bytes_per_second)
 
     def set_resumed_from(self, step: int | None) -> None:
         if self.enabled:

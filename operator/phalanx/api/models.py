@@ -197,6 +197,10 @@ class RunPolicy(Model):
     """Wall-clock limit for the whole job from its start; Failed with DeadlineExceeded after it."""
     startup_deadline_seconds: Annotated[int | None, Field(ge=1, le=MAX_SECONDS)] = 900
     """Limit for pods to get running (unschedulable, image pull errors); Failed with the cause after it."""
+    progress_deadline_seconds: Annotated[int | None, Field(ge=10, le=MAX_SECONDS)] = None
+    """Hang detection (off when unset): a Running gang in which no rank advanced a training step for this
+    long is restarted from its last checkpoint with reason Hung; counts toward backoffLimit. The clock
+    starts at an attempt's first step, so image pulls and data loading are not counted (docs/health.md)."""
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=MAX_SECONDS)] = None
     """Delete the finished job (and its pods) this many seconds after it ends."""
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
@@ -207,6 +211,43 @@ class RunPolicy(Model):
     """How long a node under a running pod may be NotReady (Ready False or Unknown, counted from the
     condition's lastTransitionTime) before its pods count as lost: they are force-deleted and the gang
     restarts as NodeLost. A deleted node is lost at once."""
+
+
+class StragglerPolicy(Model):
+    """When a rank counts as a straggler, and what is done about it."""
+
+    # The schema's fractional minimum alone lets an integer 1 through (the apiserver compares integers with
+    # the minimum truncated to an integer): the rule holds the bound for both.
+    model_config = cel(
+        rule("!has(self.threshold) || self.threshold >= 1.1", "threshold must be at least 1.1", ".threshold")
+    )
+
+    threshold: Annotated[float, Field(ge=1.1, le=100)] = 1.5
+    """A rank whose step time, less its wait for peers in collectives, is at least this many times the median
+    of the other ranks' (median over the scrape window) is a straggler: condition Straggler and an Event."""
+    restart: bool = False
+    """Also restart the gang from its last checkpoint, keeping the straggler's node out of the next attempt
+    (status.avoidedNodes); reason Straggler, counts toward backoffLimit."""
+
+
+class PreflightSpec(Model):
+    """A short gang-wide check every pod runs with the trainer runtime before training (PyTorch)."""
+
+    all_reduce_bytes: Annotated[int, Field(ge=4, le=2**34)] = 2**26
+    """Size of the timed all-reduce, in bytes (64 MiB by default); its bus bandwidth goes to status.preflight."""
+    timeout_seconds: Annotated[int, Field(ge=5, le=3600)] = 120
+    """Time for every peer to resolve, the rendezvous to complete and the all-reduce to run; a pod past it fails."""
+
+
+class HealthPolicy(Model):
+    """What the operator does about slow ranks and unhealthy accelerators (docs/health.md)."""
+
+    straggler: StragglerPolicy = StragglerPolicy()
+    """Straggler detection from the trainers' per-rank step times; reported always, restarts only if asked."""
+    restart_on_unhealthy_gpu: bool = True
+    """Restart the gang off the node when the kubelet reports a device allocated to one of its pods
+    Unhealthy (status.containerStatuses[].allocatedResourcesStatus); reason GPUUnhealthy, counts toward
+    backoffLimit."""
 
 
 class Scheduling(Model):
@@ -304,6 +345,11 @@ class TrainingJobSpec(Model):
             ".resources.tpu",
         ),
         rule(
+            "!has(self.preflight) || self.framework == 'pytorch'",
+            "preflight runs with the PyTorch trainer runtime only",
+            ".preflight",
+        ),
+        rule(
             "type(self.procsPerPod) == int ? self.procsPerPod >= 1 && self.procsPerPod <= 64 "
             ": self.procsPerPod == 'auto'",
             "procsPerPod must be 'auto' or an integer 1..64",
@@ -333,6 +379,11 @@ class TrainingJobSpec(Model):
     """Restarts, deadlines, cleanup and suspension."""
     scheduling: Scheduling = Scheduling()
     """Gang admission and placement."""
+    health: HealthPolicy = HealthPolicy()
+    """Straggler detection and unhealthy-GPU restarts (hang detection: runPolicy.progressDeadlineSeconds)."""
+    preflight: PreflightSpec | None = None
+    """Optional check before training: peers resolve, rendezvous, a timed all-reduce. A pod that fails it
+    restarts the gang off its node (reason PreflightFailed, counts toward backoffLimit). PyTorch only."""
     metrics: MetricsSpec = MetricsSpec()
     """Trainer metrics and the scaling baseline."""
 
@@ -354,7 +405,7 @@ class Condition(Model):
     """A Kubernetes-style condition."""
 
     type: str
-    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure or ReconcileError."""
+    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure, ReconcileError or Straggler."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str
@@ -422,6 +473,31 @@ class ThroughputStatus(Model):
     """Samples/s at each size the job ran at, smallest first (kubectl phalanx plot draws them); at most 16."""
 
 
+AVOIDED_NODES_KEPT = 16
+
+
+class LostTime(Model):
+    """Known losses of wall time, summed over the job's attempts."""
+
+    hung_seconds: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+    """From the last step any rank made to the Hung restart, for every hang detected."""
+    restart_seconds: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+    """From each gang restart (any reason) to all pods of the new attempt running."""
+    preflight_seconds: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+    """Time the attempts' preflight checks took (spec.preflight)."""
+
+
+class PreflightStatus(Model):
+    """The current attempt's preflight check, as its slowest pod reported it."""
+
+    attempt: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    """The attempt that ran it."""
+    seconds: Annotated[float, Field(ge=0, le=1e9)]
+    """How long the check took (the slowest pod's)."""
+    bus_bandwidth_bytes_per_second: Annotated[float, Field(ge=0, le=1e15)]
+    """Bus bandwidth of the all-reduce, 2 (n-1)/n x bytes / seconds (the lowest pod's)."""
+
+
 class TrainingJobStatus(Model):
     """Observed state, written by the operator only."""
 
@@ -434,7 +510,7 @@ class TrainingJobStatus(Model):
     state: str | None = None
     """Pending, Queued, Starting, Running, Restarting, Suspended, Succeeded or Failed (the State column)."""
     conditions: list[Condition] = []
-    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure, ReconcileError."""
+    """Admitted, Running, Restarting, Succeeded, Failed, Suspended, ReplicaFailure, ReconcileError, Straggler."""
     attempt: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
     """Current gang attempt, 1-based; every gang restart or rescale starts a new one (PHALANX_ATTEMPT)."""
     restarts: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
@@ -461,3 +537,10 @@ class TrainingJobStatus(Model):
     """The checkpoint step the current attempt resumed from, once its trainers report it."""
     throughput: ThroughputStatus | None = None
     """Throughput and scaling efficiency."""
+    avoided_nodes: Annotated[list[str], Field(max_length=AVOIDED_NODES_KEPT)] = []
+    """Nodes later attempts are kept off (required node affinity), oldest first: where a rank had an unhealthy
+    GPU, failed the preflight or straggled (with health.straggler.restart); at most 16, the oldest dropped first."""
+    lost_time: LostTime | None = None
+    """Wall time lost to hangs, between attempts and in preflight checks (goodput's known losses; docs/metrics.md)."""
+    preflight: PreflightStatus | None = None
+    """The preflight check of the current attempt, once its pods passed it (spec.preflight)."""

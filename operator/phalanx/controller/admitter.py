@@ -58,6 +58,7 @@ class Shape:
     tolerations: frozenset[str]
     affinity: Mapping[str, Any]  # the built pod's spec.affinity, to aim the node-preference patch
     domain: str | None  # topologyKey of a required affinity to the gang itself: all pods in one domain
+    avoided: frozenset[str] = frozenset()  # nodes kept out by status.avoidedNodes
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ class Admitter:
         job = job_view(body)
         if job.spec is None:
             return None
-        old = hit.shape if hit is not None and hit.job.generation == job.generation else None
+        same = hit is not None and hit.job.generation == job.generation
+        old = hit.shape if same and hit is not None and hit.shape.avoided == set(job.status.avoided_nodes) else None
         try:
             shape = old or shape_of(job)
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -288,7 +290,9 @@ def may_wait(body: Mapping[str, Any]) -> bool:
 def shape_of(job: JobView) -> Shape:
     assert job.spec is not None
     # The pod builder is the one place that knows a pod's accelerators, selectors and tolerations.
-    spec = build_pod(Gang(job.name, job.namespace, job.uid, job.spec, max(job.status.attempt, 1)), 0)["spec"]
+    avoided = tuple(job.status.avoided_nodes)
+    gang = Gang(job.name, job.namespace, job.uid, job.spec, max(job.status.attempt, 1), avoided)
+    spec = build_pod(gang, 0)["spec"]
     tolerations = frozenset(t.get("key") or adm.ANY_TAINT for t in spec.get("tolerations", []))
     affinity = spec.get("affinity") or {}
     required = (affinity.get("podAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or []
@@ -307,6 +311,7 @@ def shape_of(job: JobView) -> Shape:
         tolerations=tolerations,
         affinity=affinity,
         domain=domain,
+        avoided=frozenset(avoided),
     )
 
 
@@ -320,6 +325,7 @@ def demand_of(job: JobView, shape: Shape, priority: int, pods: int) -> adm.GangD
         node_selector=shape.node_selector,
         tolerations=shape.tolerations,
         domain=shape.domain,
+        avoided=shape.avoided,
     )
 
 

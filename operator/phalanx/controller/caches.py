@@ -8,6 +8,7 @@ from typing import Any
 
 from phalanx.core import names
 from phalanx.core.admission import ACCELERATORS, NodeView, Usage
+from phalanx.core.health import NodeSignals, node_unhealthy
 from phalanx.core.nodeloss import NodeHealth
 from phalanx.core.observe import parse_time, pod_view
 from phalanx.core.storage import ClaimView
@@ -47,10 +48,14 @@ def usage_entry(body: Mapping[str, Any]) -> Usage | None:
     return Usage(node=spec["nodeName"], requests=requests)
 
 
-def node_entry(body: Mapping[str, Any]) -> NodeView:
+DEFAULT_SIGNALS = NodeSignals()
+
+
+def node_entry(body: Mapping[str, Any], signals: NodeSignals = DEFAULT_SIGNALS) -> NodeView:
     meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
     alloc = status.get("allocatable") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    unhealthy = node_unhealthy(status.get("conditions") or [], spec.get("taints") or [], signals)
     return NodeView(
         name=meta["name"],
         allocatable={r: int(alloc[r]) for r in ACCELERATORS if r in alloc},
@@ -60,7 +65,8 @@ def node_entry(body: Mapping[str, Any]) -> NodeView:
             for t in spec.get("taints") or []
             if t.get("effect") in ("NoSchedule", "NoExecute") and not t["key"].startswith("node.kubernetes.io/")
         ),
-        schedulable=ready and not spec.get("unschedulable"),
+        schedulable=ready and not spec.get("unschedulable") and unhealthy is None,
+        unhealthy=unhealthy,
     )
 
 

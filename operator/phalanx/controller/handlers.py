@@ -85,7 +85,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
 
     @kopf.index("nodes", registry=registry, id="node_index")
     async def node_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
-        return {kw["name"]: caches.node_entry(body)}
+        return {kw["name"]: caches.node_entry(body, op.node_signals)}
 
     @kopf.index("nodes", registry=registry, id="node_health_index")
     async def node_health_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
@@ -141,7 +141,9 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     async def node_event(body: kopf.Body, **kw: Any) -> None:
         op.caches_warm()
         deleted = kw["type"] == "DELETED"
-        op.admitter.node_changed(kw["name"], None if deleted else caches.node_entry(body))
+        view = None if deleted else caches.node_entry(body, op.node_signals)
+        op.admitter.node_changed(kw["name"], view)
         op.node_changed(kw["name"], None if deleted else caches.node_health(body))
+        op.node_unhealthy_changed(kw["name"], view.unhealthy if view is not None else None)
 
     return registry

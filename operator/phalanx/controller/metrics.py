@@ -39,8 +39,9 @@ JOB_ENDS = Counter(
 )
 GANG_RESTARTS = Counter(
     f"{PREFIX}_gang_restarts_total",
-    "Whole-gang restarts (new attempts), by framework and reason (GangRestart after a failure, "
-    "Rescaling after a replica change, Resumed after a suspension).",
+    "Whole-gang restarts (new attempts), by framework and reason (GangRestart after a failure, Hung "
+    "when no rank advanced for progressDeadlineSeconds, Straggler, GPUUnhealthy, Rescaling after a "
+    "replica change, Resumed after a suspension).",
     ["framework", "reason"],
 )
 TIME_TO_RUNNING = Histogram(
@@ -65,6 +66,15 @@ RECONCILE_ERRORS = Counter(
     f"{PREFIX}_reconcile_errors_total", "Reconciles that failed and were retried, by exception class.", ["reason"]
 )
 PODS_CREATED = Counter(f"{PREFIX}_pods_created_total", "Pods created by the operator.")
+STRAGGLER_JOBS = Gauge(
+    f"{PREFIX}_straggler_jobs",
+    "Running jobs whose Straggler condition is True: a rank much slower than the others (the job's "
+    "condition names the pod and node; per-pod step times are in the trainers' metrics).",
+)
+STRAGGLERS_FOUND = Counter(
+    f"{PREFIX}_stragglers_detected_total",
+    "Times a job's Straggler condition turned True.",
+)
 WORK_QUEUE_DEPTH = Gauge(f"{PREFIX}_work_queue_depth", "Jobs waiting in the reconcile queue.")
 
 # --- trainer telemetry (controller/scraper.py) ----------------------------------------------------------
@@ -93,7 +103,7 @@ for _framework in FRAMEWORKS:
     # Known label values start at 0, so rate() and increase() see the first event.
     JOB_STARTS.labels(framework=_framework)
     TIME_TO_RUNNING.labels(framework=_framework)
-    for _reason in ("GangRestart", "Rescaling", "Resumed"):
+    for _reason in ("GangRestart", "Hung", "Straggler", "GPUUnhealthy", "Rescaling", "Resumed"):
         GANG_RESTARTS.labels(framework=_framework, reason=_reason)
 for _result in ("ok", "error", "timeout", "invalid"):
     TRAINER_SCRAPES.labels(result=_result)
@@ -119,6 +129,8 @@ def observe_transition(job: JobView, new: TrainingJobStatus) -> None:
         c = cond.get(new, cond.RESTARTING)
         reason = c.reason if c is not None and c.status == "True" else "Resumed"
         GANG_RESTARTS.labels(framework=framework, reason=reason).inc()
+    if cond.is_true(new, cond.STRAGGLER) and not cond.is_true(old, cond.STRAGGLER):
+        STRAGGLERS_FOUND.inc()
     before, after = cond.get(old, cond.ADMITTED), cond.get(new, cond.ADMITTED)
     if after and after.status == "True" and (before is None or before.status != "True") and before:
         t0, t1 = parse_time(before.last_transition_time), parse_time(after.last_transition_time)
@@ -129,8 +141,13 @@ def observe_transition(job: JobView, new: TrainingJobStatus) -> None:
 def refresh_job_gauges(bodies: Iterable[Mapping[str, Any]], queue_depth: int) -> None:
     """Set the jobs-by-state gauge from the cached job bodies (plain dict reads: O(jobs), cheap)."""
     counts: dict[tuple[str, str], int] = {}
+    stragglers = 0
     for body in bodies:
-        state = (body.get("status") or {}).get("state") or "Pending"
+        status = body.get("status") or {}
+        stragglers += any(
+            c.get("type") == cond.STRAGGLER and c.get("status") == "True" for c in status.get("conditions") or []
+        )
+        state = status.get("state") or "Pending"
         framework = (body.get("spec") or {}).get("framework") or "unknown"
         counts[(state, framework)] = counts.get((state, framework), 0) + 1
     gone = {tuple(s.labels.values()) for m in JOBS.collect() for s in m.samples} - set(counts)
@@ -138,6 +155,7 @@ def refresh_job_gauges(bodies: Iterable[Mapping[str, Any]], queue_depth: int) ->
         JOBS.labels(state=state, framework=framework).set(0)  # a state emptied reads 0, not stale
     for (state, framework), n in counts.items():
         JOBS.labels(state=state, framework=framework).set(n)
+    STRAGGLER_JOBS.set(stragglers)
     WORK_QUEUE_DEPTH.set(queue_depth)
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phalanx.api.models import API_VERSION, KIND
-from phalanx.controller import caches, metrics
+from phalanx.controller import caches, metrics, node_signals
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
@@ -52,9 +52,7 @@ def _rv(value: str | None) -> int:
 
 
 class Operator:
-    def __init__(
-        self, workers: int = 8, api_concurrency: int = 16, election: LeaseSettings | None = None
-    ) -> None:
+    def __init__(self, workers: int = 8, api_concurrency: int = 16, election: LeaseSettings | None = None) -> None:
         self.queue = WorkQueue()
         # Leader election (controller/election.py); read here so that bad settings stop the operator at once.
         self.election = election if election is not None else settings_from_env()
@@ -81,6 +79,8 @@ class Operator:
         self._node_health: dict[str, NodeHealth] = {}  # last seen per node, to skip heartbeat-only events
         # Trainer telemetry; settings are validated here so a misconfiguration stops the operator at once.
         self.scraper = Scraper(self, ScrapeSettings.from_env())
+        self.node_signals = node_signals.from_env()
+        self._unhealthy_nodes: dict[str, str] = {}  # node -> why, as last seen, to wake its jobs on a change
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, indices: Mapping[str, Any]) -> None:
@@ -195,6 +195,25 @@ class Operator:
             if not await self.kube.node_exists(node):
                 nodes[node] = None
 
+    def node_unhealthy_changed(self, node: str, why: str | None) -> None:
+        """Wake the jobs with pods on `node` when its GPUs turn unhealthy or healthy (O(pods), on a change only)."""
+        if self._unhealthy_nodes.get(node) == why:
+            return
+        if why is None:
+            self._unhealthy_nodes.pop(node, None)
+        else:
+            self._unhealthy_nodes[node] = why
+        self._wake_jobs_on(node)
+
+    def unhealthy_nodes(self, pods: list[PodView]) -> dict[str, str]:
+        """The nodes of `pods` whose GPUs are marked unhealthy, from the node cache: node -> why."""
+        out = {}
+        for node in {p.node for p in pods if p.node}:
+            view = self._one("node_index", node)
+            if view is not None and view.unhealthy:
+                out[node] = view.unhealthy
+        return out
+
     # --- reconcile -------------------------------------------------------------------------------
     def enqueue(self, key: JobKey) -> None:
         self.queue.add(key)
@@ -210,8 +229,12 @@ class Operator:
             self._node_health[name] = health
             if health.ready or before == health:
                 return
+        self._wake_jobs_on(name)
+
+    def _wake_jobs_on(self, node: str) -> None:
+        """Enqueue the jobs with unfinished pods on `node` (O(pods of jobs))."""
         for key, store in list(self.indices.get("pod_index", {}).items()):
-            if any(e["view"].node == name and e["view"].phase not in FINISHED for e in store):
+            if any(e["view"].node == node and e["view"].phase not in FINISHED for e in store or []):
                 self.enqueue(key)
 
     def claim_changed(self, namespace: str, claim: str) -> None:
@@ -328,6 +351,7 @@ class Operator:
             refusal=self._refusals.get(key),
             failure=failing.message if failing else None,
             nodes=nodes,
+            unhealthy_nodes=self.unhealthy_nodes(pods),
         )
         await self._apply(key, job, body, plan)
         if job.spec is not None and gated_waiting(job, pods, plan):

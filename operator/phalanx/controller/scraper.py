@@ -32,17 +32,19 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from phalanx.api.models import PreflightStatus
 from phalanx.controller import metrics
 from phalanx.controller.caches import JobKey
 from phalanx.controller.config import ConfigError, env_int, env_number
-from phalanx.core import telemetry
+from phalanx.core import health, telemetry
+from phalanx.core.health import GangProgress, RankProgress
 from phalanx.core.model import PodView
 from phalanx.core.observe import job_view
 from phalanx.core.telemetry import Change, JobTelemetry, PodSample
@@ -73,8 +75,15 @@ WANTED = {
     # Not used by the summary; read by `kubectl phalanx status` for each rank.
     "phalanx_trainer_samples_per_second": "samples_per_second",
     "phalanx_trainer_last_step_timestamp_seconds": "last_step_time",
+    # Health verdicts (core/health.py): a rank's step time less its wait for peers.
+    "phalanx_trainer_collective_wait_seconds_total": "wait_seconds",
+    "phalanx_trainer_preflight_seconds": "preflight_seconds",
+    "phalanx_trainer_preflight_bus_bandwidth_bytes_per_second": "preflight_bandwidth",
 }
 REQUIRED = ("samples", "steps", "attempt")
+
+
+_NO_PREFLIGHT = PreflightStatus(attempt=0, seconds=0, bus_bandwidth_bytes_per_second=0)
 
 
 ENV_NETWORKS = "PHALANX_SCRAPE_NETWORKS"
@@ -186,6 +195,9 @@ def parse_exposition(text: str, at: float) -> PodSample | None:
         procs_per_pod=int(values.get("procs_per_pod", 1)) or 1,
         samples_per_second=values.get("samples_per_second"),
         last_step_time=values.get("last_step_time", 0.0),
+        wait_seconds=values.get("wait_seconds", 0.0),
+        preflight_seconds=values.get("preflight_seconds", 0.0),
+        preflight_bandwidth=values.get("preflight_bandwidth", 0.0),
     )
 
 
@@ -199,19 +211,75 @@ def sample_pods(pods: list[PodView], limit: int) -> list[PodView]:
 
 
 @dataclass
+class _Seen:
+    """One rank pod's progress as this process saw it (wall times: they go into the job's status)."""
+
+    step: int | None = None
+    progressed_at: datetime | None = None  # the first read that showed its current step (None: no step yet)
+    answered_at: datetime | None = None
+
+
+@dataclass
 class _JobState:
     uid: str
     attempt: int
     windows: dict[str, deque[PodSample]]
     next_due: float
     last_update: float = float("-inf")
+    seen: dict[str, _Seen] = field(default_factory=dict)
+    looks_since_progress: int = 0  # rounds since a rank was last seen to advance
+
+
+def observe_progress(state: _JobState, reads: list[tuple[PodView, PodSample | None]], now: datetime) -> None:
+    """Fold one round's reads into each rank's progress: a rank advanced when its global step grew.
+
+    A rank that did not answer keeps what was last seen of it, so a stopped process (SIGSTOP, a wedged
+    node) reads as a rank that stopped advancing. Start-up (no step done in this attempt) sets no clock."""
+    advanced = False
+    for pod, sample in reads:
+        if sample is None:
+            continue
+        seen = state.seen.setdefault(pod.name, _Seen())
+        step = telemetry.global_step(sample)
+        if sample.steps > 0 and (seen.step is None or step > seen.step or seen.progressed_at is None):
+            seen.progressed_at = now
+            advanced = True
+        seen.step, seen.answered_at = step, now
+    state.looks_since_progress = 0 if advanced else state.looks_since_progress + 1
+
+
+def gang_progress(state: _JobState, pods: list[PodView]) -> GangProgress:
+    ranks = []
+    for p in pods:
+        seen = state.seen.get(p.name, _Seen())
+        seconds, intervals = telemetry.rank_step_seconds(state.windows.get(p.name, ()))
+        ranks.append(
+            RankProgress(
+                pod=p.name,
+                index=p.index,
+                node=p.node,
+                step=seen.step,
+                progressed_at=seen.progressed_at,
+                answered_at=seen.answered_at,
+                step_seconds=seconds,
+                intervals=intervals,
+            )
+        )
+    return GangProgress(attempt=state.attempt, ranks=tuple(ranks), looks_since_progress=state.looks_since_progress)
 
 
 class Scraper:
-    def __init__(self, jobs: Jobs, settings: ScrapeSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        jobs: Jobs,
+        settings: ScrapeSettings,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.jobs = jobs
         self.settings = settings
-        self.clock = clock
+        self.clock = clock  # windows and due times
+        self.wall = wall  # when ranks were seen to advance: compared with the reconcile's clock
         self._state: dict[JobKey, _JobState] = {}
         self._latest: dict[JobKey, JobTelemetry] = {}
 
@@ -291,6 +359,8 @@ class Scraper:
         names = {p.name for p in chosen}
         for name in set(state.windows) - {p.name for p in pods}:
             del state.windows[name]
+        for name in set(state.seen) - {p.name for p in pods}:
+            del state.seen[name]
         for pod, sample in zip(chosen, samples, strict=True):
             if sample is None:
                 continue
@@ -301,12 +371,19 @@ class Scraper:
         windows = {n: w for n, w in state.windows.items() if n in names}
         job = job_view(body)
         replicas = job.spec.replicas if job.spec else len(pods)
-        t = telemetry.job_telemetry(windows, state.attempt, replicas, datetime.now(UTC))
+        wall = self.wall()
+        observe_progress(state, list(zip(chosen, samples, strict=True)), wall)
+        progress = gang_progress(state, chosen)
+        t = telemetry.job_telemetry(windows, state.attempt, replicas, wall, progress)
         if t is None or t.samples_per_second is None:
             return  # published once complete (a rate needs two reads): one status update, not two
         self._latest[key] = t
         if job.spec is None:
             return
+        if health.needs_reconcile(job.spec, job.status, progress, wall):
+            self.jobs.enqueue(key)  # a hang, a straggler found or gone: the reconcile decides and acts
+        elif t.preflight_seconds is not None and (job.status.preflight or _NO_PREFLIGHT).attempt != state.attempt:
+            self.jobs.enqueue(key)  # the attempt's preflight result, not in status yet
         new = telemetry.summarize(job.spec, job.status, job.created, t)
         kind = telemetry.change(telemetry.current(job.status), new)
         now = self.clock()

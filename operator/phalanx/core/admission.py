@@ -37,7 +37,8 @@ class NodeView:
     allocatable: Mapping[str, int]  # accelerator resource -> count
     labels: Mapping[str, str]
     taints: frozenset[str] = frozenset()  # keys of NoSchedule/NoExecute taints
-    schedulable: bool = True  # Ready and not cordoned
+    schedulable: bool = True  # Ready, not cordoned, and its accelerators not marked unhealthy
+    unhealthy: str | None = None  # why its accelerators count as unhealthy (core/health.node_unhealthy)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class GangDemand:
     node_selector: Mapping[str, str]
     tolerations: frozenset[str]  # taint keys tolerated (ANY_TAINT: all)
     domain: str | None = None  # a node label all the gang's pods must share (a TPU slice's node pool)
+    avoided: frozenset[str] = frozenset()  # nodes its pods are kept off (status.avoidedNodes)
 
     @property
     def resource(self) -> str | None:
@@ -87,7 +89,10 @@ class Decision:
 
 
 def eligible(node: NodeView, demand: GangDemand) -> bool:
-    """The node matches the gang's nodeSelector and every taint on it is tolerated (readiness aside)."""
+    """The node matches the gang's nodeSelector, is not one it avoids, and every taint on it is tolerated
+    (readiness aside)."""
+    if node.name in demand.avoided:
+        return False
     if ANY_TAINT not in demand.tolerations and not node.taints <= demand.tolerations:
         return False
     return all(node.labels.get(k) == v for k, v in demand.node_selector.items())
@@ -229,6 +234,8 @@ def _can_never_fit(demand: GangDemand, resource: str, pool: _Pool, nodes: Sequen
             f"the {len(pool.matching)} matching node(s) hold {total} in all, room for at most "
             f"{pool.room(need, None)} such pod(s) even when empty, so the job can never run on this cluster"
         )
+    if demand.avoided:
+        why += f" (nodes {', '.join(sorted(demand.avoided))} are avoided: status.avoidedNodes)"
     return Waiting(EXCEEDS_CLUSTER, f"{_needs(demand, resource)}; {why}", fatal=True)
 
 
@@ -258,7 +265,7 @@ def decide(
     pools: dict[tuple[object, ...], _Pool] = {}
 
     def pool_of(demand: GangDemand, resource: str) -> _Pool:
-        sig = (resource, tuple(sorted(demand.node_selector.items())), demand.tolerations)
+        sig = (resource, tuple(sorted(demand.node_selector.items())), demand.tolerations, demand.avoided)
         found = pools.get(sig)
         if found is None:
             matching = [n for n in nodes if n.allocatable.get(resource, 0) > 0 and eligible(n, demand)]

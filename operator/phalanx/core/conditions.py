@@ -20,11 +20,13 @@ SUSPENDED = "Suspended"
 REPLICA_FAILURE = "ReplicaFailure"
 # Reconciles of the job fail again and again (an operator bug or an API error); the message has the error.
 RECONCILE_ERROR = "ReconcileError"
-ORDER = (ADMITTED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED, REPLICA_FAILURE, RECONCILE_ERROR)
+# A rank of the running gang is much slower than the others (core/health.py); the message names it.
+STRAGGLER = "Straggler"
+ORDER = (ADMITTED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED, REPLICA_FAILURE, RECONCILE_ERROR, STRAGGLER)
 # Conditions whose becoming True is bad news for the user.
-WARNINGS = {FAILED, RESTARTING, REPLICA_FAILURE, RECONCILE_ERROR}
+WARNINGS = {FAILED, RESTARTING, REPLICA_FAILURE, RECONCILE_ERROR, STRAGGLER}
 # Conditions that are left out while False and never True: absent means False.
-ONLY_WHEN_SEEN = (RESTARTING, SUSPENDED, SUCCEEDED, FAILED, REPLICA_FAILURE, RECONCILE_ERROR)
+ONLY_WHEN_SEEN = (RESTARTING, SUSPENDED, SUCCEEDED, FAILED, REPLICA_FAILURE, RECONCILE_ERROR, STRAGGLER)
 
 
 def get(status: TrainingJobStatus, type_: str) -> Condition | None:

@@ -15,6 +15,8 @@ class Gang:
     uid: str
     spec: TrainingJobSpec
     attempt: int
+    # Nodes this attempt's pods must not run on (status.avoidedNodes): an unhealthy GPU or a straggler there.
+    avoided_nodes: tuple[str, ...] = ()
 
     @property
     def replicas(self) -> int:

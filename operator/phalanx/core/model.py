@@ -55,6 +55,9 @@ class PodView:
     finished_at: str | None = None  # the trainer container's terminated.finishedAt (RFC 3339, seconds)
     ip: str | None = None  # status.podIP, where the trainer serves its metrics
     uid: str = ""  # metadata.uid: deletes carry it as a precondition, so only this very pod goes
+    # (resource, device ID, health) of each device the kubelet allocated to the pod's containers
+    # (status.containerStatuses[].allocatedResourcesStatus): health is Healthy, Unhealthy or Unknown.
+    devices: tuple[tuple[str, str, str], ...] = ()
 
 
 class PodRef(NamedTuple):

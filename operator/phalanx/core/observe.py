@@ -46,6 +46,19 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
+def devices_of(status: Mapping[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """(resource, device ID, health) of every device allocated to the pod's containers, as the kubelet
+    reports them (ResourceHealthStatus, beta and on by default since Kubernetes 1.36)."""
+    found = []
+    for c in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        for entry in c.get("allocatedResourcesStatus") or []:
+            for device in entry.get("resources") or []:
+                found.append(
+                    (str(entry.get("name", "")), str(device.get("resourceID", "")), str(device.get("health", "")))
+                )
+    return tuple(found)
+
+
 def pod_view(pod: Mapping[str, Any]) -> PodView:
     meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status") or {}
     labels = meta.get("labels") or {}
@@ -87,6 +100,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         replicas=_int((meta.get("annotations") or {}).get(names.ANNOTATION_REPLICAS), 0) or None,
         ip=status.get("podIP"),
         finished_at=(terminated or {}).get("finishedAt"),
+        devices=devices_of(status),
     )
 
 

@@ -69,6 +69,12 @@ def phalanx_env(gang: Gang, index: int) -> list[dict[str, Any]]:
                 ]
         else:
             env.append(env_var(contract.CHECKPOINT_DIR, ckpt.path))
+    if spec.preflight is not None:
+        env += [
+            env_var(contract.PREFLIGHT_PEERS, ",".join(gang.hosts())),
+            env_var(contract.PREFLIGHT_ALLREDUCE_BYTES, spec.preflight.all_reduce_bytes),
+            env_var(contract.PREFLIGHT_TIMEOUT_SECONDS, spec.preflight.timeout_seconds),
+        ]
     return env
 
 
@@ -114,6 +120,8 @@ def _placement(gang: Gang, pod_spec: dict[str, Any], container: dict[str, Any]) 
         del pod_spec["nodeSelector"]
     if not tolerations:
         del pod_spec["tolerations"]
+    if gang.avoided_nodes:
+        _avoid_nodes(pod_spec, gang.avoided_nodes)
     # Pack the gang: prefer nodes, then zones, already holding its pods. A preference never deadlocks.
     term = {"labelSelector": {"matchLabels": {names.LABEL_JOB: gang.job}}}
     pod_spec.setdefault("affinity", {}).setdefault("podAffinity", {}).setdefault(
@@ -128,6 +136,22 @@ def _placement(gang: Gang, pod_spec: dict[str, Any], container: dict[str, Any]) 
         pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
     if spec.scheduling.scheduler_name:
         pod_spec["schedulerName"] = spec.scheduling.scheduler_name
+
+
+def _avoid_nodes(pod_spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
+    """A required node affinity keeping the pod off `nodes`. Required, not preferred: the point is never
+    to land there again in this job. Node selector terms are ORed, so the exclusion joins every term
+    the template has (or makes the only one)."""
+    required = (
+        pod_spec.setdefault("affinity", {})
+        .setdefault("nodeAffinity", {})
+        .setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    )
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    for term in terms:
+        term.setdefault("matchFields", []).append({"key": "metadata.name", "operator": "NotIn", "values": list(nodes)})
 
 
 def _volumes(gang: Gang, pod_spec: dict[str, Any], container: dict[str, Any]) -> None:
@@ -165,6 +189,9 @@ def build_pod(gang: Gang, index: int) -> Manifest:
         names.ANNOTATION_WORLD_SIZE: str(gang.world_size),
     }
     container["env"] = _merge_env(adapter.env(gang, index) + phalanx_env(gang, index), container.get("env", []))
+    # The trainer runtime's one-line error (a bad contract, a failed preflight) becomes the termination
+    # message the job's status quotes.
+    container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     ports = container.setdefault("ports", [])
     taken_ports = {p.get("containerPort") for p in ports}
     wanted = [*adapter.ports(), {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"}]

@@ -13,9 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from phalanx.api.models import CleanPodPolicy, RestartOn, RunPolicy, TrainingJobSpec, TrainingJobStatus
+from phalanx import contract
+from phalanx.api.models import (
+    AVOIDED_NODES_KEPT,
+    CleanPodPolicy,
+    LostTime,
+    PreflightStatus,
+    RestartOn,
+    RunPolicy,
+    TrainingJobSpec,
+    TrainingJobStatus,
+)
 from phalanx.core import conditions as cond
-from phalanx.core import names, storage
+from phalanx.core import health, names, storage
 from phalanx.core import telemetry as tm
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
@@ -200,9 +210,118 @@ def _new_attempt(step: _Step, current: Sequence[PodView], reason: str, message: 
     step.status.attempt_start_time = format_time(step.now)
     step.condition(cond.RESTARTING, True, reason, message)
     step.condition(cond.RUNNING, False, reason, message)
+    step.condition(cond.STRAGGLER, False, "NewAttempt", "the ranks are judged afresh in the new attempt")
     step.delete(current)
     step.plan.requeue(1)
     return step.done()
+
+
+def _restart(
+    step: _Step,
+    spec: TrainingJobSpec,
+    current: Sequence[PodView],
+    pods: Sequence[PodView],
+    reason: str,
+    what: str,
+    avoid: str | None = None,
+) -> Plan:
+    """A gang restart for `what`, counted against backoffLimit (Failed once it is used up); `avoid`:
+    a node the next attempts are kept off."""
+    s, limit = step.status, spec.run_policy.backoff_limit
+    if s.restarts >= limit:
+        return step.fail(
+            "BackoffLimitExceeded", f"{what}; {s.restarts} gang restarts used of backoffLimit={limit}", pods
+        )
+    s.restarts += 1
+    kept_off = ""
+    if avoid:
+        s.avoided_nodes = health.avoid(s.avoided_nodes, avoid, AVOIDED_NODES_KEPT)
+        kept_off = f", kept off node {avoid}"
+    return _new_attempt(
+        step,
+        current,
+        reason,
+        f"{what}; restarting all {spec.replicas} pods as attempt {s.attempt + 1}{kept_off} "
+        f"(restart {s.restarts} of {limit})",
+    )
+
+
+def _cause_line(message: str | None) -> str:
+    """The runtime's own `... preflight failed: <cause>` line from a termination message (a log tail)."""
+    lines = [line for line in (message or "").splitlines() if "preflight failed: " in line]
+    if not lines:
+        return "exit code 3 (no termination message)"
+    return lines[-1].split("preflight failed: ", 1)[1].strip()[:512]
+
+
+def _preflight(step: _Step, telemetry: tm.JobTelemetry) -> None:
+    """Once per attempt: the preflight result its trainers report goes into status (and its time into lostTime)."""
+    s = step.status
+    if telemetry.attempt != s.attempt or telemetry.preflight_seconds is None:
+        return
+    if s.preflight is not None and s.preflight.attempt == s.attempt:
+        return
+    bandwidth = telemetry.preflight_bandwidth or 0.0
+    s.preflight = PreflightStatus(
+        attempt=s.attempt,
+        seconds=round(telemetry.preflight_seconds, 2),
+        bus_bandwidth_bytes_per_second=tm.significant(bandwidth),
+    )
+    lost = s.lost_time or LostTime()
+    seconds = round(lost.preflight_seconds + telemetry.preflight_seconds, 1)
+    s.lost_time = lost.model_copy(update={"preflight_seconds": seconds})
+    step.plan.events.append(
+        Event(
+            "Normal",
+            "PreflightPassed",
+            f"attempt {s.attempt}: preflight passed in {s.preflight.seconds:g}s, all-reduce bus bandwidth "
+            f"{bandwidth / 1e9:.3g} GB/s",
+        )
+    )
+
+
+def _health(
+    step: _Step,
+    spec: TrainingJobSpec,
+    current: Sequence[PodView],
+    pods: Sequence[PodView],
+    telemetry: tm.JobTelemetry | None,
+    unhealthy_nodes: Mapping[str, str],
+) -> Plan | None:
+    """Act on the health verdicts (core/health.py) for the current attempt: a restart's plan, or None
+    after setting the Straggler condition."""
+    s, now = step.status, step.now
+    never = spec.run_policy.restart_on is RestartOn.NEVER
+    if spec.health.restart_on_unhealthy_gpu:
+        bad = health.unhealthy_device(current)
+        node = health.on_unhealthy_node(current, unhealthy_nodes) if bad is None else None
+        found = (bad.message(), bad.pod.node) if bad else (node.message(), node.node) if node else None
+        if found is not None:
+            what, where = found
+            if never:
+                return step.fail(health.GPU_UNHEALTHY, f"{what}; not restarted under restartOn=never", pods)
+            return _restart(step, spec, current, pods, health.GPU_UNHEALTHY, what, avoid=where)
+    progress = telemetry.progress if telemetry is not None else None
+    if progress is None or progress.attempt != s.attempt or not cond.is_true(s, cond.RUNNING):
+        return None
+    deadline = spec.run_policy.progress_deadline_seconds
+    hung = health.hang(progress, deadline, now) if deadline else None
+    if hung is not None and deadline:
+        what = hung.message(deadline, now)
+        if never:
+            return step.fail(health.HUNG, f"{what}; not restarted under restartOn=never", pods)
+        lost = s.lost_time or LostTime()
+        s.lost_time = lost.model_copy(update={"hung_seconds": round(lost.hung_seconds + hung.seconds, 1)})
+        return _restart(step, spec, current, pods, health.HUNG, what)
+    slow = health.stragglers(progress.ranks, spec.health.straggler.threshold)
+    if not slow:
+        step.condition(cond.STRAGGLER, False, "NoStraggler", "no rank is slower than the threshold")
+        return None
+    what = "; ".join(x.message() for x in slow)
+    if spec.health.straggler.restart and not never:
+        return _restart(step, spec, current, pods, health.STRAGGLER, what, avoid=slow[0].rank.node)
+    step.condition(cond.STRAGGLER, True, "SlowRank", what)
+    return None
 
 
 def _waiting_cause(current: Sequence[PodView]) -> tuple[str, str] | None:
@@ -227,12 +346,14 @@ def reconcile(
     refusal: CreateRefusal | None = None,
     failure: str | None = None,
     nodes: Mapping[str, NodeHealth | None] | None = None,
+    unhealthy_nodes: Mapping[str, str] | None = None,
 ) -> Plan:
     """One plan for the job. `admission`: why gang admission keeps it waiting (fatal: it can never fit,
     known before any pod exists); `refusal`: the apiserver's last refusal of a create for it; `failure`:
     the error its reconciles keep failing with, while they do (ReconcileError stays True until then);
     `nodes`: the health of the nodes the pods are bound to, None for a node known to be gone (no
-    node-loss decision without it)."""
+    node-loss decision without it); `unhealthy_nodes`: the nodes of its pods whose GPUs are marked
+    unhealthy (node -> why)."""
     step = _Step(job, now, failure)
     s = step.status
     grace = (job.spec.run_policy if job.spec else RunPolicy()).node_lost_grace_seconds
@@ -323,22 +444,15 @@ def reconcile(
     if failures:
         first = failures[0]
         what = describe(first)
+        if spec.preflight is not None and first.exit_code == contract.EXIT_PREFLIGHT_FAILED:
+            where = f" on node {first.node}" if first.node else ""
+            what = f"preflight failed in pod {first.name}{where}: {_cause_line(first.message)}"
+            if policy.restart_on is RestartOn.NEVER:
+                return step.fail(health.PREFLIGHT_FAILED, f"{what}; not restarted under restartOn=never", pods)
+            return _restart(step, spec, current, pods, health.PREFLIGHT_FAILED, what, avoid=first.node)
         if policy.restart_on is RestartOn.NEVER or not retryable(first, policy.restart_on):
             return step.fail("PodFailed", f"{what}; not retryable under restartOn={policy.restart_on.value}", pods)
-        if s.restarts >= policy.backoff_limit:
-            return step.fail(
-                "BackoffLimitExceeded",
-                f"{what}; {s.restarts} gang restarts used of backoffLimit={policy.backoff_limit}",
-                pods,
-            )
-        s.restarts += 1
-        return _new_attempt(
-            step,
-            current,
-            "GangRestart",
-            f"{what}; restarting all {spec.replicas} pods as attempt {s.attempt + 1} "
-            f"(restart {s.restarts} of {policy.backoff_limit})",
-        )
+        return _restart(step, spec, current, pods, "GangRestart", what)
 
     if len(current) >= spec.replicas and all(p.phase == "Succeeded" for p in current):
         return step.succeed(f"all {len(current)} pods exited 0", pods)
@@ -354,7 +468,11 @@ def reconcile(
             f"restarts at world size {spec.world_size()} as attempt {s.attempt + 1}",
         )
 
-    gang = Gang(job.name, job.namespace, job.uid, spec, s.attempt)
+    verdict = _health(step, spec, current, pods, telemetry, unhealthy_nodes or {})
+    if verdict is not None:
+        return verdict
+
+    gang = Gang(job.name, job.namespace, job.uid, spec, s.attempt, tuple(s.avoided_nodes))
     have = {p.index for p in current}
     missing = [i for i in range(spec.replicas) if i not in have]
     if missing:
@@ -388,6 +506,7 @@ def reconcile(
     # rounded and compared with thresholds), so a scrape alone never costs a status write.
     if telemetry is not None and cond.is_true(s, cond.RUNNING):
         tm.apply(s, spec, job.created, telemetry)
+        _preflight(step, telemetry)
         resumed = telemetry.resumed_from_step
         if telemetry.attempt == s.attempt and resumed is not None and s.resumed_from_step is None:
             s.resumed_from_step = resumed  # once per attempt: the event below is posted once
@@ -436,7 +555,13 @@ def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView], ref
             "AllReplicasRunning",
             f"{spec.replicas} pods, world size {spec.world_size()}, attempt {s.attempt}",
         )
-        if cond.is_true(s, cond.RESTARTING):
+        restarting = cond.get(s, cond.RESTARTING)
+        if restarting is not None and restarting.status == "True":
+            since = parse_time(restarting.last_transition_time)
+            if since is not None:  # goodput's known losses: the gap between two attempts
+                lost = s.lost_time or LostTime()
+                gap = max((now - since).total_seconds(), 0.0)
+                s.lost_time = lost.model_copy(update={"restart_seconds": round(lost.restart_seconds + gap, 1)})
             step.condition(cond.RESTARTING, False, "GangRunning", f"attempt {s.attempt} is running")
         return
     if any(p.phase == "Running" for p in current) and any(p.phase == "Succeeded" for p in current):

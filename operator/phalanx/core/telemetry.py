@@ -23,6 +23,7 @@ scrape does not turn into a status write.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from phalanx.api.models import (
     TrainingJobSpec,
     TrainingJobStatus,
 )
+from phalanx.core.health import GangProgress, median_interval
 from phalanx.core.observe import format_time, parse_time
 
 # What counts as a material change of the status summary.
@@ -62,6 +64,9 @@ class PodSample:
     procs_per_pod: int = 1
     samples_per_second: float | None = None  # the pod's own recent rate (EMA gauge), for per-rank views
     last_step_time: float = 0.0  # unix seconds the pod's last step ended; 0 before the first
+    wait_seconds: float = 0.0  # phalanx_trainer_collective_wait_seconds_total: waiting for peers
+    preflight_seconds: float = 0.0  # phalanx_trainer_preflight_seconds; 0: no preflight
+    preflight_bandwidth: float = 0.0  # phalanx_trainer_preflight_bus_bandwidth_bytes_per_second
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class JobTelemetry:
     checkpoint_step: int | None = None  # newest checkpoint this attempt committed
     checkpoint_time: float | None = None  # its unix time
     resumed_from_step: int | None = None  # the checkpoint step this attempt resumed from (None: fresh)
+    progress: GangProgress | None = None  # each rank's progress and step time, for the health verdicts
+    preflight_seconds: float | None = None  # the attempt's preflight, slowest pod (None: none reported)
+    preflight_bandwidth: float | None = None  # its all-reduce bus bandwidth, lowest pod
 
 
 class Change(IntEnum):
@@ -134,8 +142,26 @@ def pod_rate(window: Sequence[PodSample]) -> float | None:
     return (last.samples - first.samples) / elapsed
 
 
+def rank_step_seconds(window: Sequence[PodSample]) -> tuple[float | None, int]:
+    """One pod's step time less its wait in collectives, as the median of the per-interval means over
+    its current run in the window, and how many intervals that is (None below health.MIN_INTERVALS)."""
+    run = current_run(window)
+    means = []
+    for a, b in itertools.pairwise(run):
+        steps = b.step_seconds_count - a.step_seconds_count
+        if steps < 1:
+            continue
+        busy = (b.step_seconds_sum - a.step_seconds_sum) - (b.wait_seconds - a.wait_seconds)
+        means.append(max(busy, 0.0) / steps)
+    return median_interval(means), len(means)
+
+
 def job_telemetry(
-    windows: Mapping[str, Sequence[PodSample]], attempt: int, replicas: int, observed_at: datetime
+    windows: Mapping[str, Sequence[PodSample]],
+    attempt: int,
+    replicas: int,
+    observed_at: datetime,
+    progress: GangProgress | None = None,
 ) -> JobTelemetry | None:
     """Fold the pods' windows (pod name -> samples, oldest first) of one attempt into job numbers.
 
@@ -168,6 +194,9 @@ def job_telemetry(
         checkpoint_step=newest_ckpt.checkpoint_step if newest_ckpt else None,
         checkpoint_time=newest_ckpt.checkpoint_time if newest_ckpt else None,
         resumed_from_step=next((s.resumed_from_step for s in newest if s.resumed_from_step >= 0), None),
+        progress=progress,
+        preflight_seconds=max((s.preflight_seconds for s in newest if s.preflight_seconds > 0), default=None),
+        preflight_bandwidth=min((s.preflight_bandwidth for s in newest if s.preflight_bandwidth > 0), default=None),
     )
 
 

@@ -87,6 +87,16 @@ def goodput() -> str:
     return f"clamp(({step} - on ({JOB}) {start}) * on ({JOB}) ({step_time}) / $__range_s, 0, 1)"
 
 
+STEP_SUM = "phalanx_trainer_step_duration_seconds_sum"
+STEP_COUNT = "phalanx_trainer_step_duration_seconds_count"
+WAIT = "phalanx_trainer_collective_wait_seconds_total"
+
+
+def per_pod(counter: str) -> str:
+    """The per-second growth of one of the trainers' counters, per pod."""
+    return f"sum by ({JOB}, pod) (rate({counter}{{{SEL}}}[$__rate_interval]))"
+
+
 def step_quantile(q: float) -> str:
     return (
         f"histogram_quantile({q}, sum by ({JOB}, le) "
@@ -246,6 +256,44 @@ def training() -> db.Dashboard:
                 "percentunit",
             ).thresholds(_thresholds((None, "red"), (0.9, "green")))
         )
+        .with_panel(
+            ts(
+                "Step time per pod",
+                "Mean wall time of one step of each pod (local rank 0). In lockstep every rank's steps take as "
+                "long as the slowest one's, so these lines agree even when one rank is slow: see the next panel.",
+                [Q(f"{per_pod(STEP_SUM)} / {per_pod(STEP_COUNT)}", "{{namespace}}/{{pod}}")],
+                "s",
+            )
+        )
+        .with_panel(
+            ts(
+                "Own step time per pod (less waiting for peers)",
+                "Step time less the time spent blocked in the gradient all-reduce waiting for the other ranks "
+                "(phalanx_trainer_collective_wait_seconds_total, PyTorch DDP): the straggler stands out here. "
+                "The operator names it in the Straggler condition (docs/health.md).",
+                [
+                    Q(
+                        f"({per_pod(STEP_SUM)} - {per_pod(WAIT)}) / {per_pod(STEP_COUNT)}",
+                        "{{namespace}}/{{pod}}",
+                    )
+                ],
+                "s",
+            )
+        )
+        .with_panel(
+            ts(
+                "Time since each pod's last step",
+                "Seconds since the pod's last training step ended. All pods of a hung gang climb together; "
+                "runPolicy.progressDeadlineSeconds restarts the gang when no rank advances for that long.",
+                [
+                    Q(
+                        f"time() - max by ({JOB}, pod) (phalanx_trainer_last_step_timestamp_seconds{{{SEL}}} > 0)",
+                        "{{namespace}}/{{pod}}",
+                    )
+                ],
+                "s",
+            )
+        )
         .with_row(db.Row("Steps"))
         .with_panel(
             ts(
@@ -331,7 +379,8 @@ def training() -> db.Dashboard:
         .with_panel(
             ts(
                 "Gang restarts (all jobs)",
-                "Gang restarts counted by the operator, by reason: GangRestart (a failure), Rescaling, Resumed.",
+                "Gang restarts counted by the operator, by reason: GangRestart (a failure), Hung, Straggler, "
+                "GPUUnhealthy, Rescaling, Resumed.",
                 [Q("sum by (reason) (increase(phalanx_operator_gang_restarts_total[$__rate_interval]))", "{{reason}}")],
                 "none",
             )

@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep per step (slower demos)")
+    p.add_argument("--slow-rank", type=int, default=None, help="this global rank sleeps --slow-sleep more per step")
+    p.add_argument("--slow-sleep", type=float, default=0.0, help="extra seconds per step of --slow-rank (a straggler)")
     p.add_argument("--checkpoint-every-steps", type=int, default=None)
     p.add_argument(
         "--checkpoint-interval-seconds", type=float, default=None, help="default: PHALANX_CHECKPOINT_INTERVAL_SECONDS"
@@ -111,7 +113,7 @@ def worker(torch_env: TorchEnv, args: argparse.Namespace) -> None:
             save_at_end=not args.no_final_checkpoint,
             stop_check_every=args.stop_check_every,
             log_every=args.log_every,
-            step_sleep=args.step_sleep,
+            step_sleep=args.step_sleep + (args.slow_sleep if ctx.rank == args.slow_rank else 0.0),
         )
 
         def on_resume(model: nn.Module, _progress: object) -> None:

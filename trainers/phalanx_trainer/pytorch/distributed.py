@@ -27,9 +27,10 @@ import torch.multiprocessing as tmp
 from phalanx import contract
 from phalanx_trainer.checkpoint.store import Store, open_store
 from phalanx_trainer.env import JobEnv, TorchEnv, read_job_env, read_torch_env
-from phalanx_trainer.errors import ContractError, Preempted
+from phalanx_trainer.errors import ContractError, Preempted, PreflightFailed
 from phalanx_trainer.metrics import TrainerMetrics
 from phalanx_trainer.preemption import PreemptionWatcher
+from phalanx_trainer.pytorch.preflight import Preflight
 
 log = logging.getLogger(__name__)
 A = TypeVar("A")
@@ -131,9 +132,25 @@ def init_distributed(
     kwargs: dict[str, Any] = {}
     if timeout_s is not None:
         kwargs["timeout"] = timedelta(seconds=timeout_s)
-    dist.init_process_group(
-        backend=backend, init_method="env://", world_size=torch_env.world_size, rank=torch_env.rank, **kwargs
-    )
+    check = Preflight(job.preflight) if job.preflight is not None else None
+    if check is not None:
+        # The preflight's rendezvous has its own short timeout; the group keeps torch's default for
+        # collectives, so a long checkpoint save on rank 0 never times its peers out.
+        check.resolve_peers()
+        kwargs["store"] = check.rendezvous(
+            os.environ[contract.MASTER_ADDR],
+            int(os.environ[contract.MASTER_PORT]),
+            torch_env.world_size,
+            torch_env.rank,
+        )
+    else:
+        kwargs["init_method"] = "env://"
+    dist.init_process_group(backend=backend, world_size=torch_env.world_size, rank=torch_env.rank, **kwargs)
+    if check is not None:
+        result = check.all_reduce(device, torch_env.world_size)
+        metrics.set_preflight(result.seconds, result.bus_bytes_per_second)
+        if torch_env.rank == 0:
+            print(result.line(), flush=True)
     control = dist.new_group(backend="gloo") if torch_env.world_size > 1 else None
     return DistContext(
         torch_env=torch_env,
@@ -172,6 +189,9 @@ def _child_main(local_rank: int, worker: Callable[[TorchEnv, A], None], torch_en
     except ContractError as e:
         print(f"rank {env.rank}: bad contract: {e}", file=sys.stderr, flush=True)
         os._exit(contract.EXIT_BAD_CONTRACT)
+    except PreflightFailed as e:
+        print(f"rank {env.rank}: preflight failed: {e}", file=sys.stderr, flush=True)
+        os._exit(contract.EXIT_PREFLIGHT_FAILED)
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()

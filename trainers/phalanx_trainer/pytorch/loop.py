@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from phalanx_trainer.checkpoint import torch_io
 from phalanx_trainer.checkpoint.store import Checkpoint
 from phalanx_trainer.errors import Preempted
+from phalanx_trainer.pytorch.collectives import AllReduceClock
 from phalanx_trainer.pytorch.distributed import DistContext
 from phalanx_trainer.pytorch.sampler import ResumableDistributedSampler
 from phalanx_trainer.schedule import SaveSchedule
@@ -270,8 +271,11 @@ def train(
     metrics.set_resumed_from(resumed_from)
 
     ddp: nn.Module = model
+    clock: AllReduceClock | None = None
     if world > 1:
         ddp = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        clock = AllReduceClock()
+        clock.attach(model)
 
     interval = config.checkpoint_interval_seconds or ctx.job.checkpoint_interval_seconds
     schedule = SaveSchedule(every_steps=config.checkpoint_every_steps, interval_seconds=interval)
@@ -340,6 +344,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss = step_fn(ddp, batch)
                 loss.backward()  # type: ignore[no-untyped-call]
+                waited = clock.waited(time.perf_counter()) if clock is not None else 0.0
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
@@ -349,7 +354,7 @@ def train(
                 if config.step_sleep:
                     time.sleep(config.step_sleep)
                 now = time.perf_counter()
-                metrics.observe_step(now - t_prev, config.batch_size)
+                metrics.observe_step(now - t_prev, config.batch_size, waited)
                 t_prev = now
                 if progress.step % config.log_every == 0 or progress.step == config.steps:
                     loss_value = float(loss.item())
