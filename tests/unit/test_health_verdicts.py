@@ -447,5 +447,7 @@ def test_a_rank_on_an_unhealthy_node_restarts_the_gang_off_it() -> None:
     r = plan.status
     c = cond.get(r, cond.RESTARTING)
     assert c is not None and c.reason == "GPUUnhealthy"
-    assert c.message.startswith("node gpu-3 of pod j-a1-worker-1 is unhealthy: condition AcceleratedHardwareReady=False")
+    assert c.message.startswith(
+        "node gpu-3 of pod j-a1-worker-1 is unhealthy: condition AcceleratedHardwareReady=False"
+    )
     assert r.avoided_nodes == ["gpu-3"]

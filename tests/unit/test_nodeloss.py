@@ -73,7 +73,8 @@ def test_deleted_node_restarts_the_gang_as_node_lost_and_force_deletes_its_pods(
     assert restarting is not None and restarting.reason == "NodeLost"
     assert restarting.message.startswith("node gone was deleted under pod j-a1-worker-1; restarting all 3 pods")
     assert plan.force_delete_pods == [("j-a1-worker-1", "u1")]
-    assert sorted(p.name for p in plan.delete_pods) == ["j-a1-worker-0", "j-a1-worker-2"]  # the healthy ranks, gracefully
+    # The healthy ranks go gracefully.
+    assert sorted(p.name for p in plan.delete_pods) == ["j-a1-worker-0", "j-a1-worker-2"]
     assert [e.reason for e in plan.events] == ["NodeLost"]
     assert not plan.create  # the gang barrier: the new attempt waits for the old pods to go
 
@@ -103,7 +104,8 @@ def test_restart_on_never_fails_with_node_lost() -> None:
     plan = reconcile(j, pods, True, T0, nodes={"gone": None})
     failed = cond.get(plan.status, cond.FAILED)
     assert failed is not None and failed.reason == "NodeLost" and "node gone was deleted" in failed.message
-    assert plan.force_delete_pods == [("j-a1-worker-1", "u1")] and "j-a1-worker-1" not in [p.name for p in plan.delete_pods]
+    assert plan.force_delete_pods == [("j-a1-worker-1", "u1")]
+    assert "j-a1-worker-1" not in [p.name for p in plan.delete_pods]
 
 
 def test_node_loss_counts_against_the_backoff_limit() -> None:
