@@ -156,6 +156,7 @@ def test_versions_file_is_shared_with_build_script(monkeypatch: pytest.MonkeyPat
         "HELM_VERSION",
         "COREDNS_VERSION",
         "PAUSE_VERSION",
+        "KUEUE_VERSION",
     }
     assert "versions.env" in (REPO / "dev" / "build-binaries.sh").read_text()
     monkeypatch.setenv("PHALANX_CACHE", "/cache")
