@@ -138,7 +138,7 @@ def test_default_render() -> None:
 def test_non_default_render() -> None:
     docs = render(non_default_values("ml-jobs"), release="ops", namespace="platform", extra=MONITORING)
     assert kinds(docs) == [
-        "ClusterRole",  # nodes, priorityclasses, CRDs, namespaces only
+        "ClusterRole",  # nodes, priorityclasses, resourceflavors, CRDs, namespaces only
         "ClusterRoleBinding",
         "ConfigMap",  # dashboards
         "ConfigMap",  # helm test
@@ -172,7 +172,14 @@ def test_non_default_render() -> None:
         {"kind": "ServiceAccount", "name": "trainer-operator", "namespace": "platform"}
     ]
     cluster_resources = {r for rule in find(docs, "ClusterRole")["rules"] for r in rule["resources"]}
-    assert cluster_resources == {"nodes", "priorityclasses", "customresourcedefinitions", "namespaces"}
+    assert cluster_resources == {
+        "nodes", "priorityclasses", "resourceflavors", "customresourcedefinitions", "namespaces"
+    }  # fmt: skip
+    kueue = [r for r in role["rules"] if r["apiGroups"] == ["kueue.x-k8s.io"]]
+    assert kueue == [
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"],
+         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    ]  # fmt: skip
     svc = find(docs, "Service")
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 80, "targetPort": "metrics", "protocol": "TCP"}]
     monitor = find(docs, "ServiceMonitor")
