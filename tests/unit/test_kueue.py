@@ -135,3 +135,14 @@ def test_queued_job_is_admitted_by_kueue_once_its_pods_are_ungated() -> None:
     plan = reconcile(job(s, TrainingJobStatus(attempt=1)), [pod(0), pod(1)], True, T0)
     admitted = cond.get(plan.status, cond.ADMITTED)
     assert admitted is not None and (admitted.status, admitted.reason) == ("True", "AdmittedByKueue")
+
+
+def test_a_running_gang_is_reported_ready_to_kueue_once() -> None:
+    admitted = workload(conditions=ADMITTED, flavors={"nvidia.com/gpu": "h100"})
+    assert kueue.decide(gang(), [admitted], {"h100": H100}, running=True).report_ready == "j-a1"
+    assert kueue.decide(gang(), [admitted], {"h100": H100}, running=False).report_ready is None
+    ready = {"type": "PodsReady", "status": "True", "reason": "PodsReady", "message": "ok"}
+    reported = workload(conditions=[*ADMITTED, ready], flavors={"nvidia.com/gpu": "h100"})
+    assert kueue.decide(gang(), [reported], {"h100": H100}, running=True).report_ready is None
+    body = kueue.pods_ready_apply("team-a", "j-a1", 2, "2026-01-01T00:00:00Z")
+    assert body["status"]["conditions"][0]["type"] == "PodsReady" and body["metadata"]["name"] == "j-a1"

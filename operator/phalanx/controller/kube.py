@@ -188,6 +188,19 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    async def apply_workload_status(self, manifest: dict[str, Any]) -> None:
+        """Server-side apply to the Workload's status: only the fields in `manifest` become ours."""
+        meta = manifest["metadata"]
+        try:
+            await self._run(
+                WRITE, self.custom.patch_namespaced_custom_object_status, KUEUE_GROUP, KUEUE_VERSION,
+                meta["namespace"], "workloads", meta["name"], manifest, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml",
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     async def get_resource_flavor(self, name: str) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = await self._run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from phalanx.controller.caches import JobKey
@@ -51,7 +52,8 @@ class KueueAdmission:
             self.op.queue.add_after(key, POLL_SECONDS * 5)
             return
         ended = status.state in ENDED
-        wanted = kueue.decide(gang, workloads, self._flavors, finished=ended)
+        running = status.state == "Running"
+        wanted = kueue.decide(gang, workloads, self._flavors, finished=ended, running=running)
         for name in wanted.delete:
             await kube.delete_workload(ns, name)
         if ended:
@@ -66,13 +68,16 @@ class KueueAdmission:
                 body = await kube.get_resource_flavor(name)
                 if body is not None:
                     self._flavors[name] = kueue.flavor_placement(body)
-            wanted = kueue.decide(gang, workloads, self._flavors)
+            wanted = kueue.decide(gang, workloads, self._flavors, running=running)
         if wanted.note is not None:
             self._note(key, AdmissionNote(wanted.note.reason, wanted.note.message))
             self.op.queue.add_after(key, POLL_SECONDS)
             return
         assert wanted.placement is not None
         self.notes.pop(key, None)
+        if wanted.report_ready is not None:
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            await kube.apply_workload_status(kueue.pods_ready_apply(ns, wanted.report_ready, gang.replicas, now))
         current = [p for p in pods if p.attempt == gang.attempt and not p.terminating]
         waiting = [p for p in current if p.gated]
         if len(current) < gang.replicas:

@@ -32,6 +32,7 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # what Kueue's own integrations label
 QUOTA_RESERVED = "QuotaReserved"
 ADMITTED = "Admitted"
 FINISHED = "Finished"
+PODS_READY = "PodsReady"
 WAITING = "WaitingForKueue"
 
 
@@ -90,6 +91,7 @@ class WorkloadView:
     message: str
     evicted: str | None = None  # Evicted=True: Kueue's message
     finished: bool = False
+    pods_ready: bool = False  # PodsReady=True, which phalanx reports as Kueue's job framework does
 
 
 def workload_view(body: Mapping[str, Any]) -> WorkloadView:
@@ -120,6 +122,7 @@ def workload_view(body: Mapping[str, Any]) -> WorkloadView:
         message=str(telling.get("message") or "Kueue has not looked at the Workload yet"),
         evicted=str(evicted.get("message") or "") if evicted.get("status") == "True" else None,
         finished=(conds.get(FINISHED) or {}).get("status") == "True",
+        pods_ready=(conds.get(PODS_READY) or {}).get("status") == "True",
     )
 
 
@@ -155,6 +158,9 @@ class KueueStep:
     # Set once admitted and every flavor Kueue assigned is known: added to the gated pods as they are ungated.
     placement: FlavorPlacement | None = None
     flavors: tuple[str, ...] = ()  # the ResourceFlavors assigned (for the status message)
+    # The gang runs and Kueue does not know yet: with waitForPodsReady (Kueue's default since 0.19) it
+    # evicts an admitted Workload whose PodsReady stays False past its timeout.
+    report_ready: str | None = None
 
 
 def decide(
@@ -162,8 +168,10 @@ def decide(
     workloads: Sequence[WorkloadView],
     flavors: Mapping[str, FlavorPlacement],
     finished: bool = False,
+    running: bool = False,
 ) -> KueueStep:
-    """finished: the job has ended, so no Workload of it should hold quota any more."""
+    """finished: the job has ended, so no Workload of it should hold quota any more; running: all pods of
+    the attempt run (the job's Running condition)."""
     step = KueueStep()
     mine = workload_name(gang.job, gang.attempt)
     step.delete = [w.name for w in workloads if finished or w.name != mine]
@@ -193,7 +201,26 @@ def decide(
         tolerations += [t for t in flavors[name].tolerations if t not in tolerations]
     step.placement = FlavorPlacement(labels, tuple(tolerations))
     step.flavors = assigned
+    if running and not current.pods_ready:
+        step.report_ready = current.name
     return step
+
+
+def pods_ready_apply(namespace: str, name: str, replicas: int, now: str) -> Manifest:
+    """A server-side apply of the Workload's PodsReady=True condition alone (Kueue owns the rest)."""
+    condition = {
+        "type": PODS_READY,
+        "status": "True",
+        "reason": "PodsReady",
+        "message": f"all {replicas} pods of the gang are running",
+        "lastTransitionTime": now,
+    }
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Workload",
+        "metadata": {"name": name, "namespace": namespace},
+        "status": {"conditions": [condition]},
+    }
 
 
 def placement_ops(pod_spec: Mapping[str, Any], placement: FlavorPlacement) -> list[dict[str, Any]]:
