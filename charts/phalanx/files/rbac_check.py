@@ -53,7 +53,7 @@ NEEDED = [
     *accesses("list watch create", "services"),
     *accesses("list watch create", "persistentvolumeclaims"),
     *accesses("create", "events"),
-    *accesses("list create delete", "workloads", "kueue.x-k8s.io"),
+    *accesses("list create delete patch", "workloads", "kueue.x-k8s.io"),
     *accesses("get", "resourceflavors", "kueue.x-k8s.io", namespaced=False),
     *accesses("list watch", "nodes", namespaced=False),
     *accesses("list watch", "priorityclasses", "scheduling.k8s.io", namespaced=False),
