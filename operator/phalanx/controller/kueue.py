@@ -90,7 +90,7 @@ class KueueAdmission:
             *(
                 kube.place_and_ungate_pod(ns, p.name, kueue.placement_ops(spec, wanted.placement))
                 for p, spec in zip(waiting, specs, strict=True)
-                if spec is not None
+                if spec is not None and spec.get("schedulingGates")  # the cache may lag our own patch
             )
         )
         log.info("%s/%s: Kueue admitted attempt %d on flavor(s) %s; gates lifted", *key, gang.attempt,
