@@ -76,6 +76,7 @@ def test_kueue_admits_one_gang_and_the_other_waits_with_kueues_message(
         jobs.create(gpu_job("first", replicas=2, scheduling={"queueName": "team"}))
         first = jobs.wait_state("first", "Running", timeout=120)
         assert admitted(jobs, "first")["reason"] == "AdmittedByKueue"
+
         def reported_ready() -> bool:
             wl = jobs.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "workloads", "first-a1")
             return any(c["type"] == "PodsReady" and c["status"] == "True" for c in wl["status"]["conditions"])
