@@ -163,10 +163,20 @@ func main() {
 GO
 }
 
+# Kueue's manager, for the local cluster's `--kueue` (dev/localcluster/kueue.py). Not part of `all`:
+# it is a large build (~10 min cold on 2 cores) that only Kueue work needs.
+build_kueue() {
+  : "${KUEUE_VERSION:?missing in $VERSIONS_FILE}"
+  build_go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+  # The manifests (CRDs, webhooks, manager config) come from the same module's source.
+  go mod download "sigs.k8s.io/kueue@$KUEUE_VERSION"
+}
+
 start=$(date +%s)
 only=${1:-all}
-case $only in all|etcd|kwok|helm|kubernetes|coredns|pause) ;;
-  *) echo "error: unknown target '$only'; use one of: all etcd kwok helm kubernetes coredns pause" >&2; exit 2 ;;
+case $only in all|etcd|kwok|helm|kubernetes|coredns|pause|kueue) ;;
+  *) echo "error: unknown target '$only'; use one of: all etcd kwok helm kubernetes coredns pause kueue" >&2; exit 2 ;;
 esac
 [[ $only == all || $only == etcd ]] && build_etcd
 [[ $only == all || $only == kwok ]] && build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" \
@@ -176,4 +186,5 @@ esac
 [[ $only == all || $only == kubernetes ]] && build_kubernetes
 [[ $only == all || $only == coredns ]] && build_coredns
 [[ $only == all || $only == pause ]] && build_pause
+[[ $only == kueue ]] && build_kueue
 log "all binaries in $BIN ($(( $(date +%s) - start )) s)"

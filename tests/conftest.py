@@ -5,6 +5,7 @@ core_v1 (CoreV1Api), namespace (function; a fresh namespace name) and kubectl (a
 The control plane starts once per run into a temp dir and stops at the end, with the `real` profile (a
 real node, dev/localcluster/realnode.py) when a selected test is marked realnode; set PHALANX_TEST_KUBECONFIG
 to the kubeconfig of a running cluster (e.g. `make cluster`'s .cluster/kubeconfig) to reuse it instead.
+Real Kueue (dev/localcluster/kueue.py) runs next to it when a selected test is marked kueue.
 Missing binaries FAIL these tests (CI runs them always): run `make binaries`.
 """
 
@@ -57,6 +58,11 @@ def session_profile(session: pytest.Session) -> str:
     return "real" if any(item.get_closest_marker("realnode") for item in session.items) else "default"
 
 
+def wants_kueue(session: pytest.Session) -> bool:
+    """Kueue runs next to the session's cluster when a selected test is marked kueue."""
+    return any(item.get_closest_marker("kueue") for item in session.items)
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[TestCluster]:
     reuse = os.environ.get(REUSE_ENV)
@@ -68,7 +74,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
         return
     state_dir = tmp_path_factory.mktemp("cluster")
     try:
-        info = localcluster.up(session_profile(request.session), state_dir, die_with_parent=True, log=log.info)
+        info = localcluster.up(
+            session_profile(request.session), state_dir, kueue=wants_kueue(request.session), die_with_parent=True,
+            log=log.info,
+        )  # fmt: skip
     except localcluster.ClusterError as e:
         # Never skip: CI must run these tests, so a missing prerequisite is a failure with the fix.
         pytest.fail(f"local control plane did not start: {e}", pytrace=False)

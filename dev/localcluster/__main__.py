@@ -1,4 +1,4 @@
-"""python -m localcluster up [--profile NAME] [--nodes N] [--dir DIR] | down | status | images"""
+"""python -m localcluster up [--profile NAME] [--nodes N] [--dir DIR] [--kueue] | down | status | images"""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--profile", default="default", help=f"node profile: {', '.join(available_profiles())}")
     p_up.add_argument("--nodes", type=int, default=None, help=f"size of the profile's scalable pool (or ${NODES_ENV})")
     p_up.add_argument("--dir", type=Path, default=None, help=dir_help)
+    p_up.add_argument(
+        "--kueue", action="store_true", help="also run Kueue (built by `bash dev/build-binaries.sh kueue`)"
+    )
     p_down = sub.add_parser("down", help="stop the processes `up` started, in reverse order")
     p_down.add_argument("--dir", type=Path, default=None, help=dir_help)
     p_status = sub.add_parser("status", help="show components, health and nodes; exit 1 unless usable")
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            info = cluster.up(args.profile, args.dir, nodes=args.nodes, log=_log)
+            info = cluster.up(args.profile, args.dir, nodes=args.nodes, kueue=args.kueue, log=_log)
             _log(info.usage())
         elif args.command == "images":
             images.require_tools()

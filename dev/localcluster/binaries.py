@@ -28,6 +28,7 @@ VERSION_KEY: dict[str, str] = {
     "kube-proxy": "K8S_VERSION",
     "coredns": "COREDNS_VERSION",
     "pause": "PAUSE_VERSION",
+    "kueue": "KUEUE_VERSION",  # built only on request: bash dev/build-binaries.sh kueue
 }
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 

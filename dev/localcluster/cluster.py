@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from localcluster import binaries, components, health, images, nodes, process, realnode, stages
+from localcluster import kueue as kueuemod
 from localcluster import pki as pkimod
 from localcluster.errors import ClusterError
 from localcluster.kubeapi import ApiError, KubeApi
@@ -43,14 +44,16 @@ class ClusterInfo:
     reused: bool
     ready_seconds: float
     logs: Path = field(default=Path())
+    kueue_webhook_port: int | None = None  # set when Kueue runs (`up --kueue`)
 
     def usage(self) -> str:
         kubectl = binaries.kubectl()
         verb = "already running" if self.reused else f"ready in {self.ready_seconds:.1f}s"
+        with_kueue = f", Kueue webhooks on 127.0.0.1:{self.kueue_webhook_port}" if self.kueue_webhook_port else ""
         return "\n".join(
             [
                 f"cluster {verb}: profile {self.profile}, {len(self.node_names)} nodes, "
-                f"https://127.0.0.1:{self.api_port}, state in {self.dir}",
+                f"https://127.0.0.1:{self.api_port}{with_kueue}, state in {self.dir}",
                 f"  export KUBECONFIG={self.kubeconfig}",
                 f"  alias kubectl={kubectl}",
                 f"  logs: {self.logs}/<component>.log    stop: python -m localcluster down --dir {self.dir}",
@@ -73,6 +76,7 @@ def _info(layout: Layout, state: dict[str, Any], reused: bool) -> ClusterInfo:
         reused=reused,
         ready_seconds=float(state.get("ready_seconds", 0.0)),
         logs=layout.logs,
+        kueue_webhook_port=(state.get("kueue") or {}).get("ports", {}).get("kueue-webhook"),
     )
 
 
@@ -80,7 +84,10 @@ def _healthy(layout: Layout, state: dict[str, Any]) -> tuple[bool, list[str]]:
     """Whether the recorded cluster fully runs; and the names of components that do not."""
     procs = state.get("processes") or []
     node_procs = (state.get("real_node") or {}).get("processes") or []
-    bad = [f"{p['name']} not running" for p in [*procs, *node_procs] if not process.runs(p["pid"], p["exe"])]
+    kueue_procs = (state.get("kueue") or {}).get("processes") or []
+    bad = [
+        f"{p['name']} not running" for p in [*procs, *node_procs, *kueue_procs] if not process.runs(p["pid"], p["exe"])
+    ]
     if state.get("phase") != "ready" or len(procs) != len(components.ORDER):
         return False, [*bad, "an earlier `up` never finished"]
     if not bad and not health.probe("kube-apiserver", state["ports"]["kube-apiserver"], pkimod.Pki(layout.pki)):
@@ -90,7 +97,7 @@ def _healthy(layout: Layout, state: dict[str, Any]) -> tuple[bool, list[str]]:
 
 def _stop_recorded(layout: Layout, state: dict[str, Any]) -> list[str]:
     """Stop the recorded processes, newest first, by pid; only those still running our binary."""
-    stopped = []
+    stopped = kueuemod.stop(state["kueue"]) if state.get("kueue") else []
     node = state.get("real_node")
     if node is not None:
         realnode.teardown(layout, node.get("sysctls") or {}, log=lambda _: None, processes=node.get("processes"))
@@ -108,18 +115,22 @@ def up(
     profile: str = "default",
     directory: Path | str | None = None,
     nodes: int | None = None,
+    kueue: bool = False,
     die_with_parent: bool = False,
     port_picker: PortPicker = pick_free_ports,
     log: Log = print,
 ) -> ClusterInfo:
     """Start a control plane (or report the one already running in `directory`) and wait until usable.
 
+    kueue: also run Kueue (dev/localcluster/kueue.py); added to a running cluster that lacks it.
     die_with_parent: the processes get SIGTERM if the calling process dies (for test fixtures).
     port_picker: returns n ports; replaceable so tests can hand out a port that is already taken.
     """
     layout = _resolve(directory)
     prof = load_profile(profile, nodes)  # bad input fails before anything is touched
     bins = binaries.require()
+    if kueue:
+        bins["kueue"] = kueuemod.binary()
     if prof.real_nodes:
         realnode.require_host()
     layout.claim()
@@ -134,6 +145,8 @@ def up(
                         f"a cluster with profile {state.get('profile')} ({len(state['node_names'])} nodes) already "
                         f"runs in {layout.dir}; run `python -m localcluster down --dir {layout.dir}` first"
                     )
+                if kueue and not state.get("kueue"):
+                    _add_kueue(layout, state, die_with_parent, port_picker, log)
                 return _info(layout, state, reused=True)
             stopped = _stop_recorded(layout, state)
             log(
@@ -141,7 +154,16 @@ def up(
                 f"stopped {', '.join(stopped) or 'nothing'} and cleaned it, starting afresh"
             )
         _sweep_orphaned_etcd_data(log)
-        return _Starter(layout, prof, bins, die_with_parent, port_picker, log).start()
+        return _Starter(layout, prof, bins, die_with_parent, port_picker, log, kueue).start()
+
+
+def _add_kueue(layout: Layout, state: dict[str, Any], die_with_parent: bool, port_picker: PortPicker, log: Log) -> None:
+    pki = pkimod.Pki(layout.pki)
+    api_port = state["ports"]["kube-apiserver"]
+    api = KubeApi(api_port, pki.ca_crt, pki.crt("admin"), pki.key("admin"))
+    ports = dict(zip(kueuemod.PORT_NAMES, port_picker(len(kueuemod.PORT_NAMES)), strict=True))
+    state["kueue"] = kueuemod.start(layout, pki, api, api_port, ports, die_with_parent, log)
+    layout.write_state(state)
 
 
 def down(directory: Path | str | None = None, log: Log = print) -> list[str]:
@@ -182,6 +204,11 @@ def status(directory: Path | str | None = None) -> tuple[bool, str]:
         lines.append(
             f"  {proc['name']:<24} pid {proc['pid']:<8} {word:<20} peak RSS {hwm // 1024:>5} MiB  log {proc['log']}"
         )
+    for proc in (state.get("kueue") or {}).get("processes") or []:
+        running = process.runs(proc["pid"], proc["exe"])
+        port = state["kueue"]["ports"]["kueue-health"]
+        word = ("healthy" if kueuemod.ready(port) else "running, NOT healthy") if running else "DEAD"
+        lines.append(f"  {proc['name']:<24} pid {proc['pid']:<8} {word:<20} log {proc['log']}")
     lines.append(f"  peak RSS of the control plane (sum of VmHWM): {peak_kib // 1024} MiB")
     ok, bad = _healthy(layout, state)
     if ok:
@@ -224,9 +251,9 @@ def _etcd_data_dir(layout: Layout) -> Path:
 class _Starter:
     def __init__(
         self, layout: Layout, prof: Profile, bins: dict[str, Path], die_with_parent: bool,
-        port_picker: PortPicker, log: Log,
+        port_picker: PortPicker, log: Log, kueue: bool = False,
     ) -> None:  # fmt: skip
-        self.layout, self.prof, self.bins, self.log = layout, prof, bins, log
+        self.layout, self.prof, self.bins, self.log, self.kueue = layout, prof, bins, log, kueue
         self.die_with_parent, self.port_picker = die_with_parent, port_picker
         self.popen: dict[str, subprocess.Popen[bytes]] = {}
         self.state: dict[str, Any] = {}
@@ -275,6 +302,8 @@ class _Starter:
                                          self.die_with_parent, self.log)  # fmt: skip
                 cpu, cuda = ([i.ref for i in images.images(a)] for a in ("cpu", "cuda"))
                 node.start(preload=cpu, optional=cuda)
+            if self.kueue:
+                _add_kueue(layout, self.state, self.die_with_parent, self.port_picker, self.log)
         except BaseException:
             self._abort()
             raise

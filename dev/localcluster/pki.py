@@ -98,6 +98,20 @@ def _sign(pki: Pki, name: str, subject: str, extensions: str) -> None:
     ext.unlink()
 
 
+def sign_serving(pki: Pki, name: str, sans: tuple[str, ...]) -> tuple[Path, Path]:
+    """A serving cert signed by the cluster's CA, for a server started after the cluster (Kueue's
+    webhooks): the apiserver trusts it through the CA it is given as caBundle. Returns (crt, key)."""
+    usage = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+    _sign(pki, name, f"/CN={name}", usage + "extendedKeyUsage=serverAuth\nsubjectAltName=" + ",".join(sans) + "\n")
+    return pki.crt(name), pki.key(name)
+
+
+def sign_client(pki: Pki, name: str, subject: str) -> None:
+    """A client cert for a component started after the cluster (Kueue's manager)."""
+    _sign(pki, name, subject, "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+          "extendedKeyUsage=clientAuth\n")  # fmt: skip
+
+
 def create(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)

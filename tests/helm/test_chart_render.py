@@ -176,7 +176,7 @@ def test_default_render() -> None:
 def test_non_default_render() -> None:
     docs = render(non_default_values("ml-jobs"), release="ops", namespace="platform", extra=MONITORING)
     assert kinds(docs) == [
-        "ClusterRole",  # nodes, priorityclasses, CRDs, namespaces only
+        "ClusterRole",  # nodes, priorityclasses, resourceflavors, CRDs, namespaces only
         "ClusterRoleBinding",
         "ConfigMap",  # dashboards
         "ConfigMap",  # helm test
@@ -219,7 +219,14 @@ def test_non_default_render() -> None:
     assert deploy["spec"]["replicas"] == 3 and find(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
     assert "podAntiAffinity" not in deploy["spec"]["template"]["spec"]["affinity"]  # the user's affinity wins
     cluster_resources = {r for rule in find(docs, "ClusterRole")["rules"] for r in rule["resources"]}
-    assert cluster_resources == {"nodes", "priorityclasses", "customresourcedefinitions", "namespaces"}
+    assert cluster_resources == {
+        "nodes", "priorityclasses", "resourceflavors", "customresourcedefinitions", "namespaces"
+    }  # fmt: skip
+    kueue = [r for r in role["rules"] if r["apiGroups"] == ["kueue.x-k8s.io"]]
+    assert kueue == [
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list", "create", "delete"]},
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads/status"], "verbs": ["patch"]},
+    ]  # fmt: skip
     svc = find(docs, "Service")
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 80, "targetPort": "metrics", "protocol": "TCP"}]
     monitor = find(docs, "ServiceMonitor")

@@ -156,6 +156,7 @@ def test_versions_file_is_shared_with_build_script(monkeypatch: pytest.MonkeyPat
         "HELM_VERSION",
         "COREDNS_VERSION",
         "PAUSE_VERSION",
+        "KUEUE_VERSION",
     }
     assert "versions.env" in (REPO / "dev" / "build-binaries.sh").read_text()
     monkeypatch.setenv("PHALANX_CACHE", "/cache")
@@ -265,3 +266,31 @@ def test_build_script_without_go_says_what_to_install(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert res.stderr.strip().count("\n") == 0
     assert "Go is not installed" in res.stderr and "Go >= 1.26" in res.stderr
+
+
+# -- Kueue (localcluster/kueue.py), from the module's own manifests -------------------------------
+
+
+def test_kueue_manifests_point_at_loopback_and_keep_only_its_own_and_job_webhooks(tmp_path: Path) -> None:
+    from localcluster import kueue
+
+    module = kueue.module_dir()
+    url = "https://127.0.0.1:4321"
+    hooks = kueue.webhook_configurations(module, url, "Q0E=")
+    assert [d["metadata"]["name"] for d in hooks] == [
+        "kueue-mutating-webhook-configuration",
+        "kueue-validating-webhook-configuration",
+    ]
+    every = [h for d in hooks for h in d["webhooks"]]
+    assert {"vclusterqueue.kb.io", "mworkload.kb.io", "vjob.kb.io"} <= {h["name"] for h in every}
+    assert not {"mpod.kb.io", "vpod.kb.io", "mdeployment.kb.io"} & {h["name"] for h in every}
+    for h in every:
+        assert h["clientConfig"]["url"].startswith(url + "/") and h["clientConfig"]["caBundle"] == "Q0E="
+    crds = {d["metadata"]["name"]: d for d in kueue.crds(module, url, "Q0E=")}
+    conversion = crds["workloads.kueue.x-k8s.io"]["spec"]["conversion"]["webhook"]["clientConfig"]
+    assert conversion == {"url": url + "/convert", "caBundle": "Q0E="}
+    cfg = kueue.configuration(module, {"kueue-webhook": 4321, "kueue-health": 4322}, tmp_path)
+    assert cfg["webhook"] == {"port": 4321, "host": "127.0.0.1", "certDir": str(tmp_path)}
+    assert cfg["leaderElection"] == {"leaderElect": False}
+    assert cfg["integrations"]["externalFrameworks"] == ["TrainingJob.v1alpha1.phalanx.dev"]
+    assert "waitForPodsReady" not in cfg  # Kueue's default applies

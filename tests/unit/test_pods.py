@@ -70,9 +70,15 @@ def test_gpu_pod_requests_tolerates_selects_product_and_gets_shm() -> None:
 
 
 def test_external_admission_means_no_gate() -> None:
-    for scheduling in ({"queueName": "team-a"}, {"schedulerName": "volcano"}, {"gang": False}):
+    for scheduling in ({"schedulerName": "volcano"}, {"gang": False}):
         pod = build_pod(Gang("j", NS, "u", spec(scheduling=scheduling), 1), 0)
         assert "schedulingGates" not in pod["spec"], scheduling
+
+
+def test_kueue_jobs_pods_are_gated_until_kueue_admits_the_gang() -> None:
+    for scheduling in ({"queueName": "team-a"}, {"queueName": "team-a", "gang": False}):
+        pod = build_pod(Gang("j", NS, "u", spec(scheduling=scheduling), 1), 0)
+        assert pod["spec"]["schedulingGates"] == [{"name": "phalanx.dev/gang"}], scheduling
 
 
 def test_headless_service_publishes_not_ready_addresses() -> None:

@@ -260,7 +260,8 @@ class Scheduling(Model):
     )
     """PriorityClass of the pods; also orders gang admission."""
     queue_name: Annotated[str | None, Field(max_length=63)] = None
-    """A Kueue LocalQueue: Kueue admits the job by unsuspending it, and phalanx defers to it."""
+    """A Kueue LocalQueue: phalanx makes a Kueue Workload of the whole gang per attempt and starts the gang
+    (with the assigned flavor's node labels and tolerations) once Kueue admits it (docs/scheduling.md)."""
     scheduler_name: Annotated[str | None, Field(max_length=253)] = None
     """A custom scheduler for the pods (e.g. a PodGroup-based gang scheduler); phalanx then defers gating."""
 

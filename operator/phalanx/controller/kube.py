@@ -23,7 +23,9 @@ from kubernetes.client.exceptions import ApiException
 
 from phalanx.api.models import GROUP, PLURAL, VERSION
 from phalanx.controller.slots import CREATE, EVENT, LEASE, UNGATE, WRITE, PrioritySlots
-from phalanx.core.names import FIELD_MANAGER
+from phalanx.core.kueue import GROUP as KUEUE_GROUP
+from phalanx.core.kueue import VERSION as KUEUE_VERSION
+from phalanx.core.names import FIELD_MANAGER, LABEL_JOB
 from phalanx.core.refusal import is_refusal
 
 T = TypeVar("T")
@@ -220,6 +222,80 @@ class Kube:
             )
         except ApiException as exc:
             if exc.status != 404:
+                raise
+
+    # --- Kueue (core/kueue.py): its Workloads and ResourceFlavors ---------------------------------
+    async def list_workloads(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        result = await self._call(  # reads are never gated
+            WRITE, self.custom.list_namespaced_custom_object, KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
+            label_selector=f"{LABEL_JOB}={job}",
+        )  # fmt: skip
+        return list(result.get("items") or [])
+
+    async def create_workload(self, manifest: dict[str, Any]) -> None:
+        ns = manifest["metadata"]["namespace"]
+        try:
+            await self._run(
+                CREATE, self.custom.create_namespaced_custom_object, KUEUE_GROUP, KUEUE_VERSION, ns, "workloads",
+                manifest,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def delete_workload(self, namespace: str, name: str) -> None:
+        try:
+            await self._run(
+                WRITE, self.custom.delete_namespaced_custom_object, KUEUE_GROUP, KUEUE_VERSION, namespace,
+                "workloads", name,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def apply_workload_status(self, manifest: dict[str, Any]) -> None:
+        """Server-side apply to the Workload's status: only the fields in `manifest` become ours."""
+        meta = manifest["metadata"]
+        try:
+            await self._run(
+                WRITE, self.custom.patch_namespaced_custom_object_status, KUEUE_GROUP, KUEUE_VERSION,
+                meta["namespace"], "workloads", meta["name"], manifest, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml",
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def get_resource_flavor(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call(
+                WRITE, self.custom.get_cluster_custom_object, KUEUE_GROUP, KUEUE_VERSION, "resourceflavors", name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    async def pod_spec(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod's spec as the API writes it (camelCase), None when it is gone."""
+        try:
+            pod = await self._call(UNGATE, self.core.read_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        spec: dict[str, Any] = self.api.sanitize_for_serialization(pod.spec)
+        return spec
+
+    async def place_and_ungate_pod(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        """Add `ops` (the flavor Kueue assigned) and lift the gates in one atomic patch: never one without
+        the other, so no pod of a Kueue job schedules outside its flavor."""
+        patch = [*ops, {"op": "remove", "path": "/spec/schedulingGates"}]
+        try:
+            await self._run(UNGATE, self.core.patch_namespaced_pod, name, namespace, patch)
+        except ApiException as exc:
+            if exc.status != 404:  # 404: gone (a new attempt); a 422 is a real problem and is raised
                 raise
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
 from phalanx.controller.election import Elector, settings_from_env
 from phalanx.controller.kube import Conflict, Gone, Kube, NotLeading, api_error_message, refusal_of
+from phalanx.controller.kueue import KueueAdmission
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
@@ -71,6 +72,7 @@ class Operator:
         self._wrote_at: dict[JobKey, float] = {}  # monotonic time of our last status write per job
         self._posting: set[asyncio.Task[None]] = set()  # Events being posted in the background
         self.admitter = Admitter(self)
+        self.kueue = KueueAdmission(self)
         # Per-job backoff of reconciles that raised, and of creates the apiserver refused; the refusal
         # itself is kept to be shown in the job's status until a create succeeds.
         self.errors = Backoff()
@@ -334,8 +336,9 @@ class Operator:
         view = self._one("claim_index", (key[0], claim)) if claim else None
         claims = {claim: view} if claim and view else {}
         telemetry = self.scraper.latest(key)  # the trainers' numbers, folded into status while it runs
-        note = self.admitter.notes.get(key)
-        if note is None and job.spec is not None and not pods and job.status.state not in ENDED:
+        queued = bool(job.spec is not None and job.spec.scheduling.queue_name)
+        note = self.kueue.notes.get(key) if queued else self.admitter.notes.get(key)
+        if note is None and not queued and job.spec is not None and not pods and job.status.state not in ENDED:
             note = self.admitter.capacity_note(key, body)  # a gang that can never fit gets no pods at all
         failing = self.errors.get(key)
         nodes = self.node_healths(pods)
@@ -354,6 +357,8 @@ class Operator:
             unhealthy_nodes=self.unhealthy_nodes(pods),
         )
         await self._apply(key, job, body, plan)
+        if queued and not job.deleting:
+            await self.kueue.sync(key, job, plan.status, pods)
         if job.spec is not None and gated_waiting(job, pods, plan):
             self.admitter.wake()
 
@@ -441,6 +446,7 @@ class Operator:
         self._written.pop(key, None)
         self._wrote_at.pop(key, None)
         self.admitter.forget(key)
+        self.kueue.forget(key)
 
 
 ENDED = ("Succeeded", "Failed", "Suspended")

@@ -40,6 +40,12 @@ def gated(gang: Gang) -> bool:
     return s.gang and not s.queue_name and not s.scheduler_name
 
 
+def held(gang: Gang) -> bool:
+    """Pods are created behind the gang's scheduling gate: for built-in gang admission, and for Kueue
+    (core/kueue.py), which admits a Workload for the whole gang before any pod may schedule."""
+    return gated(gang) or bool(gang.spec.scheduling.queue_name)
+
+
 def phalanx_env(gang: Gang, index: int) -> list[dict[str, Any]]:
     spec = gang.spec
     env = [
@@ -204,7 +210,7 @@ def build_pod(gang: Gang, index: int) -> Manifest:
     pod_spec["hostname"] = names.hostname(gang.job, index)
     pod_spec["subdomain"] = names.service_name(gang.job)
     pod_spec.setdefault("enableServiceLinks", False)
-    if gated(gang):
+    if held(gang):
         pod_spec["schedulingGates"] = [{"name": names.GANG_GATE}]
     return {
         "apiVersion": "v1",

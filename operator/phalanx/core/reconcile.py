@@ -525,11 +525,22 @@ def _admission(
     refusal: CreateRefusal | None,
 ) -> None:
     spec = gang.spec
+    if spec.scheduling.queue_name:
+        if current and not missing and not any(p.gated for p in current):
+            step.condition(
+                cond.ADMITTED, True, "AdmittedByKueue",
+                f"Kueue admitted the gang from LocalQueue {spec.scheduling.queue_name}; its flavor is on all "
+                f"{len(current)} pods and their scheduling gates are lifted",
+            )  # fmt: skip
+        elif missing and refusal is not None:
+            step.condition(cond.ADMITTED, False, refusal.reason, f"the gang is incomplete: {refusal.message}")
+        else:
+            reason, message = (note.reason, note.message) if note else ("WaitingForKueue", "waiting for Kueue")
+            step.condition(cond.ADMITTED, False, reason, message)
+        return
     if not gated(gang):
         who = (
-            f"Kueue queue {spec.scheduling.queue_name}"
-            if spec.scheduling.queue_name
-            else f"scheduler {spec.scheduling.scheduler_name}"
+            f"scheduler {spec.scheduling.scheduler_name}"
             if spec.scheduling.scheduler_name
             else "no gang admission (scheduling.gang=false)"
         )

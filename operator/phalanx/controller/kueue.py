@@ -1,0 +1,103 @@
+"""Admission by Kueue for jobs with spec.scheduling.queueName: the I/O around core/kueue.py.
+
+After each reconcile of such a job: read its Workloads, create the current attempt's, delete the
+others (or all, once the job has ended), and when Kueue has admitted it, add the assigned flavor to
+the gated pods and lift their gates. Kueue's verdict goes into the next reconcile as the job's
+admission note. Workloads are not watched (Kueue's CRDs may be absent from a cluster without
+Kueue): a job waiting for Kueue is looked at again every POLL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from phalanx.controller.caches import JobKey
+from phalanx.controller.kube import api_error_message
+from phalanx.core import kueue
+from phalanx.core.gang import Gang
+from phalanx.core.model import JobView, PodView
+from phalanx.core.reconcile import AdmissionNote
+
+if TYPE_CHECKING:
+    from phalanx.api.models import TrainingJobStatus
+    from phalanx.controller.operator import Operator
+
+log = logging.getLogger("phalanx")
+POLL_SECONDS = 2.0
+ENDED = ("Succeeded", "Failed", "Suspended")  # no pod runs: no Workload may hold quota
+
+
+class KueueAdmission:
+    def __init__(self, op: Operator) -> None:
+        self.op = op
+        self.notes: dict[JobKey, AdmissionNote] = {}
+        self._flavors: dict[str, kueue.FlavorPlacement] = {}  # ResourceFlavors read so far (they rarely change)
+
+    def forget(self, key: JobKey) -> None:
+        self.notes.pop(key, None)
+
+    async def sync(self, key: JobKey, job: JobView, status: TrainingJobStatus, pods: list[PodView]) -> None:
+        """One pass for a job that uses Kueue, after its reconcile; `status` is the one just planned."""
+        kube = self.op.kube
+        assert kube is not None and job.spec is not None
+        ns = job.namespace
+        gang = Gang(job.name, ns, job.uid, job.spec, max(status.attempt, 1))
+        try:
+            workloads = [kueue.workload_view(w) for w in await kube.list_workloads(ns, job.name)]
+        except Exception as exc:  # Kueue's CRDs not installed, or no RBAC for them: say so in the job's status
+            self._note(key, AdmissionNote("KueueUnavailable", f"cannot read Kueue Workloads: {api_error_message(exc)}"))
+            self.op.queue.add_after(key, POLL_SECONDS * 5)
+            return
+        ended = status.state in ENDED
+        running = status.state == "Running"
+        wanted = kueue.decide(gang, workloads, self._flavors, finished=ended, running=running)
+        for name in wanted.delete:
+            await kube.delete_workload(ns, name)
+        if ended:
+            self.forget(key)
+            return
+        if wanted.create is not None:
+            await kube.create_workload(wanted.create)
+        mine = kueue.workload_name(job.name, gang.attempt)
+        unread = {f for w in workloads if w.name == mine for f in w.flavors.values()} - set(self._flavors)
+        if wanted.placement is None and unread:
+            for name in sorted(unread):
+                body = await kube.get_resource_flavor(name)
+                if body is not None:
+                    self._flavors[name] = kueue.flavor_placement(body)
+            wanted = kueue.decide(gang, workloads, self._flavors, running=running)
+        if wanted.note is not None:
+            self._note(key, AdmissionNote(wanted.note.reason, wanted.note.message))
+            self.op.queue.add_after(key, POLL_SECONDS)
+            return
+        assert wanted.placement is not None
+        self.notes.pop(key, None)
+        if wanted.report_ready is not None:
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            await kube.apply_workload_status(kueue.pods_ready_apply(ns, wanted.report_ready, gang.replicas, now))
+        current = [p for p in pods if p.attempt == gang.attempt and not p.terminating]
+        waiting = [p for p in current if p.gated]
+        if len(current) < gang.replicas:
+            self.op.queue.add_after(key, POLL_SECONDS)  # the gang is lifted whole, once all its pods exist
+            return
+        if not waiting:
+            return
+        specs = await asyncio.gather(*(kube.pod_spec(ns, p.name) for p in waiting))
+        await asyncio.gather(
+            *(
+                kube.place_and_ungate_pod(ns, p.name, kueue.placement_ops(spec, wanted.placement))
+                for p, spec in zip(waiting, specs, strict=True)
+                if spec is not None and spec.get("schedulingGates")  # the cache may lag our own patch
+            )
+        )
+        log.info("%s/%s: Kueue admitted attempt %d on flavor(s) %s; gates lifted", *key, gang.attempt,
+                 ", ".join(wanted.flavors))  # fmt: skip
+        self.op.queue.add(key)
+
+    def _note(self, key: JobKey, note: AdmissionNote) -> None:
+        if self.notes.get(key) != note:
+            self.notes[key] = note
+            self.op.queue.add(key)  # the next reconcile writes Kueue's verdict into the job's status

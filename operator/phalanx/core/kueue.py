@@ -1,0 +1,249 @@
+"""Admission by Kueue: one Kueue Workload per attempt, as Kueue's own job framework makes for its kinds.
+
+A job with spec.scheduling.queueName gets its pods created with the gang's scheduling gate, and a
+Workload whose single pod set is the whole gang (count = replicas, the pod template's requests, GPUs
+included), owned by the TrainingJob. Kueue's controllers decide: once the Workload is admitted, the
+flavor Kueue assigned (its ResourceFlavor's node labels and tolerations) is added to the gated pods
+and the gates are lifted, all pods or none. Until then the job's status carries Kueue's own reason
+and message. Workloads of older attempts, and of a finished job, are deleted: that returns their
+quota to the ClusterQueue.
+
+Pure: the job's gang, the Workloads that exist and the ResourceFlavors in; one KueueStep out.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from phalanx.core import names
+from phalanx.core.gang import Gang
+from phalanx.core.model import Manifest
+from phalanx.core.pods import build_pod, job_labels, owner_reference
+
+GROUP = "kueue.x-k8s.io"
+VERSION = "v1beta2"
+API_VERSION = f"{GROUP}/{VERSION}"
+POD_SET = "trainers"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # what Kueue's own integrations label their Workloads with
+QUOTA_RESERVED = "QuotaReserved"
+ADMITTED = "Admitted"
+FINISHED = "Finished"
+PODS_READY = "PodsReady"
+WAITING = "WaitingForKueue"
+
+
+def uses_kueue(gang: Gang) -> bool:
+    return bool(gang.spec.scheduling.queue_name)
+
+
+def workload_name(job: str, attempt: int) -> str:
+    """<job>-a<attempt>, cut to a DNS label (Kueue copies the name into labels of its own)."""
+    suffix = f"-a{attempt}"
+    return re.sub(r"-+$", "", job[: names.DNS_LABEL_MAX - len(suffix)]) + suffix
+
+
+def build_workload(gang: Gang) -> Manifest:
+    """The attempt's Workload: one pod set of `replicas` pods shaped like rank 0 (every rank asks for the
+    same resources), without the scheduling gate: Kueue reads the template for its requests only."""
+    pod = build_pod(gang, 0)
+    spec = copy.deepcopy(pod["spec"])
+    spec.pop("schedulingGates", None)
+    for per_rank in ("hostname", "subdomain"):
+        spec.pop(per_rank, None)
+    labels = {**job_labels(gang), names.LABEL_ATTEMPT: str(gang.attempt)}
+    queue = gang.spec.scheduling.queue_name
+    assert queue is not None
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Workload",
+        "metadata": {
+            "name": workload_name(gang.job, gang.attempt),
+            "namespace": gang.namespace,
+            "labels": {**labels, QUEUE_LABEL: queue},
+            "ownerReferences": [owner_reference(gang)],
+        },
+        "spec": {
+            "queueName": queue,
+            "podSets": [
+                {
+                    "name": POD_SET,
+                    "count": gang.replicas,
+                    "template": {"metadata": {"labels": labels}, "spec": spec},
+                }
+            ],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """What admission needs of one Workload."""
+
+    name: str
+    attempt: int | None
+    admitted: bool  # condition Admitted=True (quota reserved and every admission check passed)
+    flavors: Mapping[str, str]  # resource -> ResourceFlavor Kueue assigned to the pod set
+    reason: str  # of the condition that tells best why it is not admitted (QuotaReserved first)
+    message: str
+    evicted: str | None = None  # Evicted=True: Kueue's message
+    finished: bool = False
+    pods_ready: bool = False  # PodsReady=True, which phalanx reports as Kueue's job framework does
+
+
+def workload_view(body: Mapping[str, Any]) -> WorkloadView:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    try:
+        attempt: int | None = int((meta.get("labels") or {}).get(names.LABEL_ATTEMPT, ""))
+    except ValueError:
+        attempt = None
+    flavors: dict[str, str] = {}
+    admission = status.get("admission") or {}
+    for assignment in admission.get("podSetAssignments") or []:
+        if assignment.get("name") == POD_SET:
+            flavors = {str(k): str(v) for k, v in (assignment.get("flavors") or {}).items()}
+    admitted = (conds.get(ADMITTED) or {}).get("status") == "True" and bool(admission)
+    telling = next(
+        (conds[t] for t in (QUOTA_RESERVED, ADMITTED) if t in conds and conds[t].get("status") != "True"),
+        conds.get(ADMITTED) or {},
+    )
+    evicted = conds.get("Evicted") or {}
+    return WorkloadView(
+        name=str(meta.get("name", "")),
+        attempt=attempt,
+        admitted=admitted,
+        flavors=flavors,
+        reason=str(telling.get("reason") or "Pending"),
+        message=str(telling.get("message") or "Kueue has not looked at the Workload yet"),
+        evicted=str(evicted.get("message") or "") if evicted.get("status") == "True" else None,
+        finished=(conds.get(FINISHED) or {}).get("status") == "True",
+        pods_ready=(conds.get(PODS_READY) or {}).get("status") == "True",
+    )
+
+
+@dataclass(frozen=True)
+class FlavorPlacement:
+    """A ResourceFlavor's node labels and tolerations: what the gang's pods must get to land on it."""
+
+    node_labels: Mapping[str, str]
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
+def flavor_placement(body: Mapping[str, Any]) -> FlavorPlacement:
+    spec = body.get("spec") or {}
+    return FlavorPlacement(
+        node_labels={str(k): str(v) for k, v in (spec.get("nodeLabels") or {}).items()},
+        tolerations=tuple(spec.get("tolerations") or ()),
+    )
+
+
+@dataclass(frozen=True)
+class KueueNote:
+    """Why Kueue keeps the job waiting, in Kueue's words."""
+
+    reason: str
+    message: str
+
+
+@dataclass
+class KueueStep:
+    create: Manifest | None = None  # the attempt's Workload, when it does not exist yet
+    delete: list[str] = field(default_factory=list)  # Workloads of other attempts
+    note: KueueNote | None = None  # set while not admitted
+    # Set once admitted and every flavor Kueue assigned is known: added to the gated pods as they are ungated.
+    placement: FlavorPlacement | None = None
+    flavors: tuple[str, ...] = ()  # the ResourceFlavors assigned (for the status message)
+    # The gang runs and Kueue does not know yet: with waitForPodsReady (Kueue's default since 0.19) it
+    # evicts an admitted Workload whose PodsReady stays False past its timeout.
+    report_ready: str | None = None
+
+
+def decide(
+    gang: Gang,
+    workloads: Sequence[WorkloadView],
+    flavors: Mapping[str, FlavorPlacement],
+    finished: bool = False,
+    running: bool = False,
+) -> KueueStep:
+    """finished: the job has ended, so no Workload of it should hold quota any more; running: all pods of
+    the attempt run (the job's Running condition)."""
+    step = KueueStep()
+    mine = workload_name(gang.job, gang.attempt)
+    step.delete = [w.name for w in workloads if finished or w.name != mine]
+    if finished:
+        return step
+    current = next((w for w in workloads if w.name == mine), None)
+    queue = gang.spec.scheduling.queue_name
+    if current is None:
+        step.create = build_workload(gang)
+        step.note = KueueNote(WAITING, f"waiting for Kueue: Workload {mine} created in LocalQueue {queue}")
+        return step
+    if not current.admitted:
+        step.note = KueueNote(
+            current.reason,
+            f"waiting for Kueue (LocalQueue {queue}, Workload {current.name}): {current.message}",
+        )
+        return step
+    assigned = tuple(sorted(set(current.flavors.values())))
+    unknown = [f for f in assigned if f not in flavors]
+    if unknown:
+        step.note = KueueNote(WAITING, f"Kueue admitted Workload {current.name}; reading ResourceFlavor {unknown[0]}")
+        return step
+    labels: dict[str, str] = {}
+    tolerations: list[Mapping[str, Any]] = []
+    for name in assigned:
+        labels.update(flavors[name].node_labels)
+        tolerations += [t for t in flavors[name].tolerations if t not in tolerations]
+    step.placement = FlavorPlacement(labels, tuple(tolerations))
+    step.flavors = assigned
+    if running and not current.pods_ready:
+        step.report_ready = current.name
+    return step
+
+
+def pods_ready_apply(namespace: str, name: str, replicas: int, now: str) -> Manifest:
+    """A server-side apply of the Workload's PodsReady=True condition alone (Kueue owns the rest)."""
+    condition = {
+        "type": PODS_READY,
+        "status": "True",
+        "reason": "PodsReady",
+        "message": f"all {replicas} pods of the gang are running",
+        "lastTransitionTime": now,
+    }
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Workload",
+        "metadata": {"name": name, "namespace": namespace},
+        "status": {"conditions": [condition]},
+    }
+
+
+def placement_ops(pod_spec: Mapping[str, Any], placement: FlavorPlacement) -> list[dict[str, Any]]:
+    """JSON-patch ops adding the flavor's node selector and tolerations to a gated pod (the API accepts
+    new nodeSelector keys and tolerations only while the pod is gated)."""
+    ops: list[dict[str, Any]] = []
+    selector = pod_spec.get("nodeSelector")
+    if placement.node_labels:
+        if selector is None:
+            ops.append({"op": "add", "path": "/spec/nodeSelector", "value": dict(placement.node_labels)})
+        else:
+            for k, v in placement.node_labels.items():
+                if selector.get(k) != v:
+                    ops.append({"op": "add", "path": f"/spec/nodeSelector/{_pointer(k)}", "value": v})
+    have = pod_spec.get("tolerations")
+    new = [dict(t) for t in placement.tolerations if have is None or t not in have]
+    if new:
+        if have is None:
+            ops.append({"op": "add", "path": "/spec/tolerations", "value": new})
+        else:
+            ops += [{"op": "add", "path": "/spec/tolerations/-", "value": t} for t in new]
+    return ops
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")

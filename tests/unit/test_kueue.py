@@ -1,0 +1,148 @@
+"""Admission by Kueue (core/kueue.py): the Workload phalanx makes per attempt, and what it does with Kueue's verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from phalanx.api.models import TrainingJobStatus
+from phalanx.core import conditions as cond
+from phalanx.core import kueue
+from phalanx.core.gang import Gang
+from phalanx.core.reconcile import AdmissionNote, reconcile
+from tests.unit.specs import T0, job, pod, spec
+
+GPU_SPEC = {"resources": {"gpus": 8}, "scheduling": {"queueName": "team"}}
+
+
+def gang(attempt: int = 1, replicas: int = 2) -> Gang:
+    return Gang("j", "team-a", "uid", spec(replicas=replicas, **GPU_SPEC), attempt)
+
+
+def workload(name: str = "j-a1", attempt: int = 1, conditions: list[dict[str, Any]] | None = None,
+             flavors: dict[str, str] | None = None) -> kueue.WorkloadView:  # fmt: skip
+    status: dict[str, Any] = {"conditions": conditions or []}
+    if flavors is not None:
+        status["admission"] = {"clusterQueue": "cq", "podSetAssignments": [{"name": "trainers", "flavors": flavors}]}
+    return kueue.workload_view(
+        {"metadata": {"name": name, "labels": {"phalanx.dev/attempt": str(attempt)}}, "status": status}
+    )
+
+
+PENDING = {
+    "type": "QuotaReserved",
+    "status": "False",
+    "reason": "Pending",
+    "message": "couldn't assign flavors to pod set trainers: insufficient unused quota for nvidia.com/gpu in "
+    "flavor h100, 16 more needed",
+}
+ADMITTED = [{"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "ok"},
+            {"type": "Admitted", "status": "True", "reason": "Admitted", "message": "ok"}]  # fmt: skip
+H100 = kueue.FlavorPlacement(
+    {"cloud.google.com/gke-accelerator": "h100"}, ({"key": "nvidia.com/gpu", "operator": "Exists"},)
+)
+
+
+def test_workload_is_the_whole_gang_with_its_gpu_requests_and_owner() -> None:
+    wl = kueue.build_workload(gang(attempt=3, replicas=2))
+    assert wl["metadata"]["name"] == "j-a3"
+    assert wl["spec"]["queueName"] == "team"
+    assert wl["metadata"]["ownerReferences"][0]["kind"] == "TrainingJob"
+    assert wl["metadata"]["ownerReferences"][0]["controller"] is True
+    (pod_set,) = wl["spec"]["podSets"]
+    assert pod_set["count"] == 2
+    container = next(c for c in pod_set["template"]["spec"]["containers"] if c["name"] == "trainer")
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "8"
+    assert "schedulingGates" not in pod_set["template"]["spec"]
+
+
+def test_workload_name_fits_a_dns_label() -> None:
+    name = kueue.workload_name("x" * 63, 12)
+    assert len(name) <= 63 and name.endswith("-a12")
+
+
+@pytest.mark.parametrize(
+    ("workloads", "finished", "create", "delete", "reason"),
+    [
+        ([], False, "j-a1", [], kueue.WAITING),
+        ([workload(conditions=[PENDING])], False, None, [], "Pending"),
+        ([workload("j-a0", 0, ADMITTED, {"nvidia.com/gpu": "h100"})], False, "j-a1", ["j-a0"], kueue.WAITING),
+        ([workload(conditions=ADMITTED, flavors={"nvidia.com/gpu": "h100"})], True, None, ["j-a1"], None),
+    ],
+    ids=["no-workload-yet", "pending-in-kueue", "older-attempt-deleted", "finished-job-releases-quota"],
+)
+def test_decide(workloads: list[kueue.WorkloadView], finished: bool, create: str | None, delete: list[str],
+                reason: str | None) -> None:  # fmt: skip
+    step = kueue.decide(gang(), workloads, {"h100": H100}, finished=finished)
+    assert (step.create["metadata"]["name"] if step.create else None) == create
+    assert step.delete == delete
+    assert (step.note.reason if step.note else None) == reason
+    assert step.placement is None
+
+
+def test_pending_note_carries_kueues_own_message() -> None:
+    step = kueue.decide(gang(), [workload(conditions=[PENDING])], {})
+    assert step.note is not None
+    assert "insufficient unused quota for nvidia.com/gpu in flavor h100, 16 more needed" in step.note.message
+    assert "LocalQueue team" in step.note.message
+
+
+def test_admitted_gives_the_flavors_placement_once_the_flavor_is_known() -> None:
+    admitted = [workload(conditions=ADMITTED, flavors={"nvidia.com/gpu": "h100", "cpu": "h100"})]
+    unknown = kueue.decide(gang(), admitted, {})
+    assert unknown.placement is None and unknown.note is not None
+    step = kueue.decide(gang(), admitted, {"h100": H100})
+    assert step.note is None
+    assert step.placement == H100
+    assert step.flavors == ("h100",)
+
+
+def test_quota_reserved_without_admitted_is_still_waiting() -> None:
+    reserved = {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "ok"}
+    waiting = {"type": "Admitted", "status": "False", "reason": "Pending", "message": "admission checks pending"}
+    step = kueue.decide(gang(), [workload(conditions=[reserved, waiting], flavors={"nvidia.com/gpu": "h100"})], {})
+    assert step.note is not None and "admission checks pending" in step.note.message
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "ops"),
+    [
+        ({}, [{"op": "add", "path": "/spec/nodeSelector", "value": {"cloud.google.com/gke-accelerator": "h100"}},
+              {"op": "add", "path": "/spec/tolerations", "value": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}]),
+        ({"nodeSelector": {"a": "b"}, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]},
+         [{"op": "add", "path": "/spec/nodeSelector/cloud.google.com~1gke-accelerator", "value": "h100"}]),
+    ],
+    ids=["bare-pod", "pod-with-selector-and-the-toleration"],
+)  # fmt: skip
+def test_placement_ops(pod_spec: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    assert kueue.placement_ops(pod_spec, H100) == ops
+
+
+def test_queued_job_gets_gated_pods_and_kueues_reason_in_status() -> None:
+    s = spec(**GPU_SPEC)
+    plan = reconcile(job(s), [], False, T0, AdmissionNote("Pending", "waiting for Kueue: insufficient quota"))
+    pods = [m for m in plan.create if m["kind"] == "Pod"]
+    assert len(pods) == 2 and all(p["spec"]["schedulingGates"] for p in pods)
+    admitted = cond.get(plan.status, cond.ADMITTED)
+    assert admitted is not None and admitted.status == "False"
+    assert (admitted.reason, admitted.message) == ("Pending", "waiting for Kueue: insufficient quota")
+    assert plan.status.state == "Queued"
+
+
+def test_queued_job_is_admitted_by_kueue_once_its_pods_are_ungated() -> None:
+    s = spec(**GPU_SPEC)
+    plan = reconcile(job(s, TrainingJobStatus(attempt=1)), [pod(0), pod(1)], True, T0)
+    admitted = cond.get(plan.status, cond.ADMITTED)
+    assert admitted is not None and (admitted.status, admitted.reason) == ("True", "AdmittedByKueue")
+
+
+def test_a_running_gang_is_reported_ready_to_kueue_once() -> None:
+    admitted = workload(conditions=ADMITTED, flavors={"nvidia.com/gpu": "h100"})
+    assert kueue.decide(gang(), [admitted], {"h100": H100}, running=True).report_ready == "j-a1"
+    assert kueue.decide(gang(), [admitted], {"h100": H100}, running=False).report_ready is None
+    ready = {"type": "PodsReady", "status": "True", "reason": "PodsReady", "message": "ok"}
+    reported = workload(conditions=[*ADMITTED, ready], flavors={"nvidia.com/gpu": "h100"})
+    assert kueue.decide(gang(), [reported], {"h100": H100}, running=True).report_ready is None
+    body = kueue.pods_ready_apply("team-a", "j-a1", 2, "2026-01-01T00:00:00Z")
+    assert body["status"]["conditions"][0]["type"] == "PodsReady" and body["metadata"]["name"] == "j-a1"
