@@ -163,8 +163,8 @@ func main() {
 GO
 }
 
-# Kueue's manager, for the local cluster's `--kueue` (dev/localcluster/kueue.py). Not part of `all`:
-# it is a large build (~10 min cold on 2 cores) that only Kueue work needs.
+# Kueue's manager, for the local cluster's `--kueue` (dev/localcluster/kueue.py): the tests marked
+# kueue run real Kueue, so `all` builds it too.
 build_kueue() {
   : "${KUEUE_VERSION:?missing in $VERSIONS_FILE}"
   build_go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" \
@@ -186,5 +186,5 @@ esac
 [[ $only == all || $only == kubernetes ]] && build_kubernetes
 [[ $only == all || $only == coredns ]] && build_coredns
 [[ $only == all || $only == pause ]] && build_pause
-[[ $only == kueue ]] && build_kueue
+[[ $only == all || $only == kueue ]] && build_kueue
 log "all binaries in $BIN ($(( $(date +%s) - start )) s)"

@@ -28,7 +28,7 @@ VERSION_KEY: dict[str, str] = {
     "kube-proxy": "K8S_VERSION",
     "coredns": "COREDNS_VERSION",
     "pause": "PAUSE_VERSION",
-    "kueue": "KUEUE_VERSION",  # built only on request: bash dev/build-binaries.sh kueue
+    "kueue": "KUEUE_VERSION",  # for the tests marked kueue (built by `make binaries` too)
 }
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 
