@@ -54,9 +54,9 @@ verify:  ## fails when a generated file drifted from its source
 	$(PYTHON) -m phalanx.generate --check
 
 lint:
-	ruff check .
-	ruff format --check .
-	mypy
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 test-unit: deps verify lint
 	$(PYTHON) -m pytest -m "not cluster and not training and not e2e and not realnode" $(PYTEST_ARGS)
