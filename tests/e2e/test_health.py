@@ -72,7 +72,7 @@ def test_sigstopped_rank_is_hung_the_gang_restarts_and_resumes_to_succeeded(
     manifest["spec"]["runPolicy"]["progressDeadlineSeconds"] = DEADLINE
     kubectl_apply(kubectl, namespace, manifest)
     wait_for("a committed checkpoint", lambda: committed_steps(claim_dir))
-    victim = next(p for p in jobs.pods("hung") if p.metadata.name == "hung-worker-1")
+    victim = next(p for p in jobs.pods("hung") if p.metadata.name == "hung-a1-worker-1")
     pid = trainer_pid(victim)
     os.kill(pid, signal.SIGSTOP)
     stopped_at = datetime.now(UTC)
@@ -81,7 +81,7 @@ def test_sigstopped_rank_is_hung_the_gang_restarts_and_resumes_to_succeeded(
     restarting = condition(job, "Restarting")
     assert restarting is not None and restarting["reason"] == "Hung", yaml.safe_dump(job["status"])
     message = restarting["message"]
-    assert "pod hung-worker-1" in message and "stopped first" in message and "last step" in message, message
+    assert "pod hung-a1-worker-1" in message and "stopped first" in message and "last step" in message, message
     restarted_at = parse_time(restarting["lastTransitionTime"])
     assert restarted_at is not None
     detected_after = (restarted_at - stopped_at).total_seconds()
@@ -94,7 +94,7 @@ def test_sigstopped_rank_is_hung_the_gang_restarts_and_resumes_to_succeeded(
     assert (status["attempt"], status["restarts"]) == (2, 1), yaml.safe_dump(status)
     assert status["lostTime"]["hungSeconds"] >= DEADLINE
     assert any("no rank advanced" in e for e in job_events(kubectl, namespace, "hung"))
-    second = procnode.pod_runs(namespace, "hung-worker-0")[-1].log()
+    second = procnode.pod_runs(namespace, "hung-a2-worker-0")[-1].log()
     assert f"resumed from step {last_committed} (attempt 2" in second, second
     assert "done step 150/150" in second, second
 
@@ -114,11 +114,11 @@ def test_slowed_rank_is_named_as_the_straggler_and_the_healthy_one_is_not(
 
     c = wait_for("the Straggler condition", named, timeout=JOB_TIMEOUT)
     node = procnode.name
-    assert c["message"].startswith(f"slow-worker-1 on {node} is "), c["message"]
-    assert "slow-worker-0" not in c["message"], c["message"]
+    assert c["message"].startswith(f"slow-a1-worker-1 on {node} is "), c["message"]
+    assert "slow-a1-worker-0" not in c["message"], c["message"]
     ratio = float(c["message"].split(" is ")[1].split("x")[0])
     assert ratio >= 1.5, c["message"]
-    assert any("slow-worker-1" in e for e in job_events(kubectl, namespace, "slow"))
+    assert any("slow-a1-worker-1" in e for e in job_events(kubectl, namespace, "slow"))
     job = jobs.get("slow")
     assert job["status"]["attempt"] == 1  # reported, not restarted: health.straggler.restart is off
 
@@ -142,7 +142,7 @@ def test_preflight_passes_and_its_bandwidth_is_in_status(
     print(f"preflight: {pre['seconds']}s, bus bandwidth {pre['busBandwidthBytesPerSecond'] / 1e9:.3f} GB/s (4 MiB)")
     job = jobs.wait_state("pre", "Succeeded", timeout=JOB_TIMEOUT)
     assert job["status"]["lostTime"]["preflightSeconds"] > 0
-    log = procnode.pod_log(namespace, "pre-worker-0")
+    log = procnode.pod_log(namespace, "pre-a1-worker-0")
     assert "preflight passed in" in log and "done step 20/20" in log, log
 
 
@@ -163,12 +163,12 @@ def test_preflight_fails_fast_naming_the_pod_and_the_peer_that_does_not_resolve(
     failed = condition(job, "Failed")
     assert failed is not None and failed["reason"] == "BackoffLimitExceeded", yaml.safe_dump(job["status"])
     message = failed["message"]
-    assert f"preflight failed in pod bad-worker-0 on node {procnode.name}" in message or (
-        f"preflight failed in pod bad-worker-1 on node {procnode.name}" in message
+    assert f"preflight failed in pod bad-a1-worker-0 on node {procnode.name}" in message or (
+        f"preflight failed in pod bad-a1-worker-1 on node {procnode.name}" in message
     ), message
     assert re.search(rf"peer ghost\.bad\.{namespace}\.svc does not resolve after \d+s", message), message
     started = parse_time(job["status"]["startTime"]) if job["status"].get("startTime") else None
     ended = parse_time(job["status"]["completionTime"])
     if started and ended:
         print(f"preflight failure: job Failed {(ended - started).total_seconds():.0f}s after its pods ran")
-    assert "step " not in procnode.pod_log(namespace, "bad-worker-0")  # it never began training
+    assert "step " not in procnode.pod_log(namespace, "bad-a1-worker-0")  # it never began training

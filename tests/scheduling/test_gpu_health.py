@@ -54,7 +54,7 @@ def restart_event(jobs: JobClient, job: str) -> str:
 def test_unhealthy_gpu_restarts_the_gang_on_other_nodes(jobs: JobClient) -> None:
     jobs.create(gpu_job("g", 2))
     first = jobs.wait_pods("g", all_running(2))
-    victim = next(p for p in first if p.metadata.name == "g-worker-1")
+    victim = next(p for p in first if p.metadata.name == "g-a1-worker-1")
     bad_node = victim.spec.node_name
     report_device_health(jobs, victim, "Unhealthy")
     stored = jobs.core.read_namespaced_pod_status(victim.metadata.name, jobs.ns)
@@ -64,7 +64,7 @@ def test_unhealthy_gpu_restarts_the_gang_on_other_nodes(jobs: JobClient) -> None
     status = job["status"]
     # The Restarting condition may already read GangRunning (kwok starts pods at once): its Event stays.
     restart = restart_event(jobs, "g")
-    named = f"device {DEVICE} (nvidia.com/gpu) of pod g-worker-1 on node {bad_node} is Unhealthy"
+    named = f"device {DEVICE} (nvidia.com/gpu) of pod g-a1-worker-1 on node {bad_node} is Unhealthy"
     assert named in restart, restart
     assert status["avoidedNodes"] == [bad_node] and status["restarts"] == 1
 
@@ -85,7 +85,7 @@ def test_node_condition_from_gpu_health_tooling_restarts_the_gang_off_that_node(
     """The EKS node monitoring agent's AcceleratedHardwareReady=False (the operator's default signal)."""
     jobs.create(gpu_job("n", 2))
     first = jobs.wait_pods("n", all_running(2))
-    bad_node = next(p for p in first if p.metadata.name == "n-worker-0").spec.node_name
+    bad_node = next(p for p in first if p.metadata.name == "n-a1-worker-0").spec.node_name
     condition = {
         "type": "AcceleratedHardwareReady",
         "status": "False",
@@ -99,7 +99,7 @@ def test_node_condition_from_gpu_health_tooling_restarts_the_gang_off_that_node(
         job = jobs.wait("n", lambda j: (j.get("status") or {}).get("attempt") == 2, 60, "the GPUUnhealthy restart")
         restart = restart_event(jobs, "n")
         assert restart.startswith(
-            f"node {bad_node} of pod n-worker-0 is unhealthy: condition AcceleratedHardwareReady=False (NvidiaXID79"
+            f"node {bad_node} of pod n-a1-worker-0 is unhealthy: condition AcceleratedHardwareReady=False (NvidiaXID79"
         ), restart
         assert job["status"]["avoidedNodes"] == [bad_node]
 
