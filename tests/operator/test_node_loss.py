@@ -69,9 +69,21 @@ def running_gang(jobs: JobClient, name: str, attempt: int) -> list[client.V1Pod]
     return jobs.wait_pods(name, check, timeout=60, what=f"attempt {attempt} running")
 
 
-def node_lost(job: dict[str, Any]) -> dict[str, Any] | None:
-    conds = (job.get("status") or {}).get("conditions") or []
-    return next((c for c in conds if c["type"] == "Restarting" and c["reason"] == "NodeLost"), None)
+def node_lost(core: client.CoreV1Api, namespace: str, job: str) -> str | None:
+    """The message of the job's NodeLost Event. Not the Restarting condition: with per-attempt pod
+    names the next gang can run, and the condition turn False again, between two polls."""
+    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={job}").items
+    return next((e.message for e in events if e.reason == "NodeLost"), None)
+
+
+def wait_node_lost(core: client.CoreV1Api, namespace: str, job: str, what: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = node_lost(core, namespace, job)
+        if message is not None:
+            return message
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} on {namespace}/{job}")
 
 
 def test_deleted_node_restarts_the_gang_on_the_other_nodes(
@@ -99,10 +111,7 @@ def test_unreachable_node_past_the_grace_restarts_the_gang(
     jobs.create(gang_job("dark", product, nodeLostGraceSeconds=2))
     victim = running_gang(jobs, "dark", 1)[0].spec.node_name
     make_unreachable(core_v1, victim)
-    job = jobs.wait(
-        "dark", lambda j: node_lost(j) is not None, timeout=30, what="restart as NodeLost after the 2 s grace"
-    )
-    message = node_lost(job)["message"]  # type: ignore[index]
+    message = wait_node_lost(core_v1, jobs.ns, "dark", "restart as NodeLost after the 2 s grace")
     assert f"node {victim} has been NotReady for" in message and "(NodeStatusUnknown)" in message
     pods = running_gang(jobs, "dark", 2)
     # The pod on the unreachable node was force-deleted: kwok no longer plays its kubelet, so a graceful
@@ -121,8 +130,8 @@ def test_unreachable_node_within_the_grace_keeps_the_gang_until_it_ends(
     time.sleep(5)
     same = running_gang(jobs, "patient", 1)
     assert [p.metadata.uid for p in same] == [p.metadata.uid for p in first]
-    assert node_lost(jobs.get("patient")) is None
+    assert node_lost(core_v1, jobs.ns, "patient") is None
     # Shortening the grace (a spec change) makes the same node lost at once.
     jobs.patch("patient", {"spec": {"runPolicy": {"nodeLostGraceSeconds": 1}}})
-    jobs.wait("patient", lambda j: node_lost(j) is not None, timeout=30, what="NodeLost once the grace is 1 s")
+    wait_node_lost(core_v1, jobs.ns, "patient", "NodeLost once the grace is 1 s")
     running_gang(jobs, "patient", 2)

@@ -68,3 +68,14 @@ def test_unreadable_time_in_status_is_treated_as_absent() -> None:
     s = TrainingJobStatus(attempt=1, start_time="yesterday")
     plan = reconcile(job(spec(runPolicy={"activeDeadlineSeconds": 60}), s), [pod(0), pod(1)], True, T0)
     assert plan.status.state == "Running"
+
+
+@pytest.mark.parametrize("queue", ["${HOME}", "-1", " ", "../../etc/passwd", "Team-A", "q" * 64])
+def test_a_queue_name_that_cannot_be_a_label_value_is_refused_by_the_model(queue: str) -> None:
+    # Kueue reads the queue from the Workload's label: a name no label can hold would fail every reconcile.
+    body = spec().model_dump(by_alias=True, exclude_none=True)
+    body.setdefault("scheduling", {})["queueName"] = queue
+    with pytest.raises(ValidationError, match=r"queueName|queue_name"):
+        TrainingJobSpec.model_validate(body)
+    body["scheduling"]["queueName"] = "team-a.gpu"
+    assert TrainingJobSpec.model_validate(body).scheduling.queue_name == "team-a.gpu"

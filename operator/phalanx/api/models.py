@@ -259,7 +259,8 @@ class Scheduling(Model):
         None
     )
     """PriorityClass of the pods; also orders gang admission."""
-    queue_name: Annotated[str | None, Field(max_length=63)] = None
+    # A LocalQueue's name (a DNS subdomain) that also fits the Workload's queue-name label (63 characters).
+    queue_name: Annotated[str | None, Field(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] = None
     """A Kueue LocalQueue: phalanx makes a Kueue Workload of the whole gang per attempt and starts the gang
     (with the assigned flavor's node labels and tolerations) once Kueue admits it (docs/scheduling.md)."""
     scheduler_name: Annotated[str | None, Field(max_length=253)] = None
