@@ -238,3 +238,13 @@ def test_a_readiness_timeout_is_a_restart_counted_against_backoff_limit(restarts
     restarting = cond.get(plan.status, cond.RESTARTING)
     assert restarting is not None and restarting.reason == "PodsReadyTimeout"
     assert msg in restarting.message and "last committed checkpoint: step 30" in restarting.message
+
+
+def test_workload_gets_the_priority_of_the_jobs_priority_class() -> None:
+    g = Gang(
+        "j", "team-a", "uid", spec(**{**GPU_SPEC, "scheduling": {"queueName": "team", "priorityClassName": "hi"}}), 1
+    )
+    wl = kueue.build_workload(g, 1000)
+    assert wl["spec"]["priority"] == 1000
+    assert wl["spec"]["priorityClassRef"] == {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": "hi"}
+    assert "priority" not in kueue.build_workload(gang(), 1000)["spec"]  # no class named: Kueue's default

@@ -54,7 +54,8 @@ class KueueAdmission:
         ended = status.state in ENDED
         running = status.state == "Running"
         live = frozenset(p.attempt for p in pods if p.phase not in ("Succeeded", "Failed"))
-        wanted = kueue.decide(gang, workloads, self._flavors, finished=ended, running=running, live_attempts=live)
+        wanted = kueue.decide(gang, workloads, self._flavors, finished=ended, running=running, live_attempts=live,
+                                      priority=job.priority)  # fmt: skip
         for name in wanted.delete:
             await kube.delete_workload(ns, name)
         if ended:

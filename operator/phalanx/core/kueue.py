@@ -53,9 +53,11 @@ def workload_name(job: str, attempt: int) -> str:
     return re.sub(r"-+$", "", job[: names.DNS_LABEL_MAX - len(suffix)]) + suffix
 
 
-def build_workload(gang: Gang) -> Manifest:
+def build_workload(gang: Gang, priority: int | None = None) -> Manifest:
     """The attempt's Workload: one pod set of `replicas` pods shaped like rank 0 (every rank asks for the
-    same resources), without the scheduling gate: Kueue reads the template for its requests only."""
+    same resources), without the scheduling gate: Kueue reads the template for its requests only.
+    `priority`: the value of spec.scheduling.priorityClassName's PriorityClass. Kueue orders and preempts
+    by spec.priority and does not fill it in itself: its job framework copies it from the class, as here."""
     pod = build_pod(gang, 0)
     spec = copy.deepcopy(pod["spec"])
     spec.pop("schedulingGates", None)
@@ -64,6 +66,13 @@ def build_workload(gang: Gang) -> Manifest:
     labels = {**job_labels(gang), names.LABEL_ATTEMPT: str(gang.attempt)}
     queue = gang.spec.scheduling.queue_name
     assert queue is not None
+    extra: dict[str, Any] = {}
+    klass = gang.spec.scheduling.priority_class_name
+    if klass and priority is not None:
+        extra = {
+            "priorityClassRef": {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": klass},
+            "priority": priority,
+        }
     return {
         "apiVersion": API_VERSION,
         "kind": "Workload",
@@ -82,6 +91,7 @@ def build_workload(gang: Gang) -> Manifest:
                     "template": {"metadata": {"labels": labels}, "spec": spec},
                 }
             ],
+            **extra,
         },
     }
 
@@ -201,6 +211,7 @@ def decide(
     finished: bool = False,
     running: bool = False,
     live_attempts: frozenset[int] = frozenset(),
+    priority: int | None = None,
 ) -> KueueStep:
     """finished: the job has ended, so no Workload of it should hold quota any more; running: all pods of
     the attempt run (the job's Running condition); live_attempts: the attempts that still have pods not
@@ -225,7 +236,7 @@ def decide(
         )
         return step
     if current is None:
-        step.create = build_workload(gang)
+        step.create = build_workload(gang, priority)
         step.note = KueueNote(WAITING, f"waiting for Kueue: Workload {mine} created in LocalQueue {queue}")
         return step
     if not current.admitted:
