@@ -146,3 +146,105 @@ def test_a_running_gang_is_reported_ready_to_kueue_once() -> None:
     assert kueue.decide(gang(), [reported], {"h100": H100}, running=True).report_ready is None
     body = kueue.pods_ready_apply("team-a", "j-a1", 2, "2026-01-01T00:00:00Z")
     assert body["status"]["conditions"][0]["type"] == "PodsReady" and body["metadata"]["name"] == "j-a1"
+
+
+# --- eviction by Kueue: preemption and waitForPodsReady --------------------------------------------
+
+PREEMPTED_MSG = (
+    "Preempted to accommodate a workload (UID: 1111, JobUID: 2222-ab) due to prioritization in the ClusterQueue; "
+    "preemptor path: /cq; preemptee path: /cq"
+)
+
+
+def evicted(reason: str = "Preempted", message: str = PREEMPTED_MSG) -> list[dict[str, Any]]:
+    return [*ADMITTED, {"type": "Evicted", "status": "True", "reason": reason, "message": message}]
+
+
+def test_an_evicted_workload_of_the_current_attempt_is_an_eviction_with_kueues_words() -> None:
+    step = kueue.decide(gang(), [workload(conditions=evicted(), flavors={"nvidia.com/gpu": "h100"})], {"h100": H100})
+    assert step.evicted == kueue.KueueEviction(1, "j-a1", "Preempted", PREEMPTED_MSG)
+    assert step.evicted.preempted and step.evicted.preemptor_uid() == "2222-ab"
+    assert step.placement is None and step.delete == [] and step.create is None
+
+
+def test_preemptor_unknown_to_kueue_is_none() -> None:
+    ev = kueue.KueueEviction(1, "j-a1", "Preempted", PREEMPTED_MSG.replace("2222-ab", "UNKNOWN"))
+    assert ev.preemptor_uid() is None
+
+
+@pytest.mark.parametrize(
+    ("live", "delete"), [(frozenset({1}), []), (frozenset(), ["j-a1"])], ids=["pods-still-saving", "pods-gone"]
+)
+def test_an_evicted_older_attempts_workload_keeps_its_quota_until_its_pods_are_gone(
+    live: frozenset[int], delete: list[str]
+) -> None:
+    old = workload(conditions=evicted(), flavors={"nvidia.com/gpu": "h100"})
+    step = kueue.decide(gang(attempt=2), [old], {"h100": H100}, live_attempts=live)
+    assert step.delete == delete
+    assert step.create is not None and step.create["metadata"]["name"] == "j-a2"  # the next attempt queues
+    assert step.evicted is None
+
+
+def test_workload_carries_the_job_uid_kueue_names_preemptors_by() -> None:
+    assert kueue.build_workload(gang())["metadata"]["labels"]["kueue.x-k8s.io/job-uid"] == "uid"
+
+
+def running_status(restarts: int = 0, step: int | None = 30) -> TrainingJobStatus:
+    from phalanx.api.models import CheckpointStatus
+
+    s = TrainingJobStatus(attempt=1, restarts=restarts)
+    if step is not None:
+        s.last_checkpoint = CheckpointStatus(step=step, time="2026-01-01T00:00:00Z")
+    return s
+
+
+def test_preemption_stops_the_gang_and_starts_the_next_attempt_without_a_restart_counted() -> None:
+    s = spec(**GPU_SPEC, runPolicy={"backoffLimit": 0})
+    ev = kueue.KueueEviction(1, "j-a1", "Preempted", PREEMPTED_MSG)
+    note = AdmissionNote("Preempted", PREEMPTED_MSG, eviction=ev, preemptor="team-b/urgent")
+    plan = reconcile(job(s, running_status()), [pod(0), pod(1)], True, T0, note)
+    assert plan.status.attempt == 2 and plan.status.restarts == 0  # backoffLimit 0 and still not Failed
+    assert sorted(r.name for r in plan.delete_pods) == ["j-a1-worker-0", "j-a1-worker-1"]
+    assert plan.force_delete_pods == []  # gracefully: the trainers save a checkpoint on SIGTERM
+    restarting = cond.get(plan.status, cond.RESTARTING)
+    assert restarting is not None and (restarting.status, restarting.reason) == ("True", "Preempted")
+    assert "for TrainingJob team-b/urgent" in restarting.message
+    assert PREEMPTED_MSG in restarting.message
+    assert "last committed checkpoint: step 30" in restarting.message
+    assert "not counted against backoffLimit" in restarting.message
+    assert not plan.create  # the next attempt's pods wait until the old ones are gone
+
+
+def test_a_stale_eviction_note_does_not_restart_the_next_attempt_again() -> None:
+    s = spec(**GPU_SPEC)
+    ev = kueue.KueueEviction(1, "j-a1", "Preempted", PREEMPTED_MSG)
+    plan = reconcile(job(s, TrainingJobStatus(attempt=2)), [], True, T0, AdmissionNote("Preempted", "", eviction=ev))
+    assert plan.status.attempt == 2
+    assert len([m for m in plan.create if m["kind"] == "Pod"]) == 2  # attempt 2's pods, gated, created
+
+
+@pytest.mark.parametrize(("restarts", "failed"), [(0, False), (3, True)], ids=["restarts-left", "limit-used"])
+def test_a_readiness_timeout_is_a_restart_counted_against_backoff_limit(restarts: int, failed: bool) -> None:
+    s = spec(**GPU_SPEC, runPolicy={"backoffLimit": 3})
+    msg = "Exceeded the PodsReady timeout team-a/j-a1"
+    ev = kueue.KueueEviction(1, "j-a1", "PodsReadyTimeout", msg)
+    plan = reconcile(job(s, running_status(restarts)), [pod(0), pod(1)], True, T0,
+                     AdmissionNote("PodsReadyTimeout", msg, eviction=ev))  # fmt: skip
+    if failed:
+        c = cond.get(plan.status, cond.FAILED)
+        assert c is not None and c.reason == "BackoffLimitExceeded" and msg in c.message
+        return
+    assert (plan.status.attempt, plan.status.restarts) == (2, 1)
+    restarting = cond.get(plan.status, cond.RESTARTING)
+    assert restarting is not None and restarting.reason == "PodsReadyTimeout"
+    assert msg in restarting.message and "last committed checkpoint: step 30" in restarting.message
+
+
+def test_workload_gets_the_priority_of_the_jobs_priority_class() -> None:
+    g = Gang(
+        "j", "team-a", "uid", spec(**{**GPU_SPEC, "scheduling": {"queueName": "team", "priorityClassName": "hi"}}), 1
+    )
+    wl = kueue.build_workload(g, 1000)
+    assert wl["spec"]["priority"] == 1000
+    assert wl["spec"]["priorityClassRef"] == {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": "hi"}
+    assert "priority" not in kueue.build_workload(gang(), 1000)["spec"]  # no class named: Kueue's default

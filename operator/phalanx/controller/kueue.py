@@ -53,7 +53,9 @@ class KueueAdmission:
             return
         ended = status.state in ENDED
         running = status.state == "Running"
-        wanted = kueue.decide(gang, workloads, self._flavors, finished=ended, running=running)
+        live = frozenset(p.attempt for p in pods if p.phase not in ("Succeeded", "Failed"))
+        wanted = kueue.decide(gang, workloads, self._flavors, finished=ended, running=running, live_attempts=live,
+                                      priority=job.priority)  # fmt: skip
         for name in wanted.delete:
             await kube.delete_workload(ns, name)
         if ended:
@@ -68,7 +70,14 @@ class KueueAdmission:
                 body = await kube.get_resource_flavor(name)
                 if body is not None:
                     self._flavors[name] = kueue.flavor_placement(body)
-            wanted = kueue.decide(gang, workloads, self._flavors, running=running)
+            wanted = kueue.decide(gang, workloads, self._flavors, running=running, live_attempts=live)
+        if wanted.evicted is not None:
+            # The next reconcile stops the gang and starts the next attempt (core/reconcile.py _evicted).
+            ev = wanted.evicted
+            self._note(key, AdmissionNote(ev.reason or "Evicted", ev.message, eviction=ev,
+                                          preemptor=self._job_named_by(ev.preemptor_uid())))  # fmt: skip
+            self.op.queue.add_after(key, POLL_SECONDS)
+            return
         if wanted.note is not None:
             self._note(key, AdmissionNote(wanted.note.reason, wanted.note.message))
             self.op.queue.add_after(key, POLL_SECONDS)
@@ -83,6 +92,9 @@ class KueueAdmission:
         if len(current) < gang.replicas:
             self.op.queue.add_after(key, POLL_SECONDS)  # the gang is lifted whole, once all its pods exist
             return
+        # An admitted Workload is looked at again while the gang runs: Kueue may evict it (a preemption,
+        # or waitForPodsReady's timeout), and nothing else would wake the job.
+        self.op.queue.add_after(key, POLL_SECONDS)
         if not waiting:
             return
         specs = await asyncio.gather(*(kube.pod_spec(ns, p.name) for p in waiting))
@@ -96,6 +108,16 @@ class KueueAdmission:
         log.info("%s/%s: Kueue admitted attempt %d on flavor(s) %s; gates lifted", *key, gang.attempt,
                  ", ".join(wanted.flavors))  # fmt: skip
         self.op.queue.add(key)
+
+    def _job_named_by(self, uid: str | None) -> str | None:
+        """namespace/name of the TrainingJob with this UID, from the operator's cache."""
+        if uid is None:
+            return None
+        for body in self.op.job_bodies():
+            meta = body.get("metadata") or {}
+            if meta.get("uid") == uid:
+                return f"{meta.get('namespace')}/{meta.get('name')}"
+        return None
 
     def _note(self, key: JobKey, note: AdmissionNote) -> None:
         if self.notes.get(key) != note:

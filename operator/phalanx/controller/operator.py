@@ -168,6 +168,10 @@ class Operator:
     def _job_bodies(self) -> list[Mapping[str, Any]]:
         return [b for store in list(self.indices["job_index"].values()) for b in store]
 
+    def job_bodies(self) -> list[Mapping[str, Any]]:
+        """Every TrainingJob in the cache."""
+        return self._job_bodies()
+
     def pods_of(self, key: JobKey, uid: str) -> list[PodView]:
         store = self.indices["pod_index"].get(key)
         return [e["view"] for e in store or [] if e["owner"] == uid]

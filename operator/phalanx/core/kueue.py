@@ -33,7 +33,14 @@ QUOTA_RESERVED = "QuotaReserved"
 ADMITTED = "Admitted"
 FINISHED = "Finished"
 PODS_READY = "PodsReady"
+EVICTED = "Evicted"
 WAITING = "WaitingForKueue"
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue names the preemptor's job by it in its eviction message
+# Kueue's Evicted reasons (kueue.x-k8s.io/v1beta2): a preemption does not count against backoffLimit; a
+# readiness timeout (waitForPodsReady) does, since each attempt's new Workload starts Kueue's own
+# requeue count afresh (docs/scheduling.md).
+PREEMPTED = "Preempted"
+PODS_READY_TIMEOUT = "PodsReadyTimeout"
 
 
 def uses_kueue(gang: Gang) -> bool:
@@ -46,9 +53,11 @@ def workload_name(job: str, attempt: int) -> str:
     return re.sub(r"-+$", "", job[: names.DNS_LABEL_MAX - len(suffix)]) + suffix
 
 
-def build_workload(gang: Gang) -> Manifest:
+def build_workload(gang: Gang, priority: int | None = None) -> Manifest:
     """The attempt's Workload: one pod set of `replicas` pods shaped like rank 0 (every rank asks for the
-    same resources), without the scheduling gate: Kueue reads the template for its requests only."""
+    same resources), without the scheduling gate: Kueue reads the template for its requests only.
+    `priority`: the value of spec.scheduling.priorityClassName's PriorityClass. Kueue orders and preempts
+    by spec.priority and does not fill it in itself: its job framework copies it from the class, as here."""
     pod = build_pod(gang, 0)
     spec = copy.deepcopy(pod["spec"])
     spec.pop("schedulingGates", None)
@@ -57,13 +66,20 @@ def build_workload(gang: Gang) -> Manifest:
     labels = {**job_labels(gang), names.LABEL_ATTEMPT: str(gang.attempt)}
     queue = gang.spec.scheduling.queue_name
     assert queue is not None
+    extra: dict[str, Any] = {}
+    klass = gang.spec.scheduling.priority_class_name
+    if klass and priority is not None:
+        extra = {
+            "priorityClassRef": {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": klass},
+            "priority": priority,
+        }
     return {
         "apiVersion": API_VERSION,
         "kind": "Workload",
         "metadata": {
             "name": workload_name(gang.job, gang.attempt),
             "namespace": gang.namespace,
-            "labels": {**labels, QUEUE_LABEL: queue},
+            "labels": {**labels, QUEUE_LABEL: queue, JOB_UID_LABEL: gang.uid},
             "ownerReferences": [owner_reference(gang)],
         },
         "spec": {
@@ -75,6 +91,7 @@ def build_workload(gang: Gang) -> Manifest:
                     "template": {"metadata": {"labels": labels}, "spec": spec},
                 }
             ],
+            **extra,
         },
     }
 
@@ -90,6 +107,7 @@ class WorkloadView:
     reason: str  # of the condition that tells best why it is not admitted (QuotaReserved first)
     message: str
     evicted: str | None = None  # Evicted=True: Kueue's message
+    evicted_reason: str = ""  # Evicted=True: Kueue's reason (Preempted, PodsReadyTimeout, ...)
     finished: bool = False
     pods_ready: bool = False  # PodsReady=True, which phalanx reports as Kueue's job framework does
 
@@ -112,7 +130,7 @@ def workload_view(body: Mapping[str, Any]) -> WorkloadView:
         (conds[t] for t in (QUOTA_RESERVED, ADMITTED) if t in conds and conds[t].get("status") != "True"),
         conds.get(ADMITTED) or {},
     )
-    evicted = conds.get("Evicted") or {}
+    evicted = conds.get(EVICTED) or {}
     return WorkloadView(
         name=str(meta.get("name", "")),
         attempt=attempt,
@@ -121,6 +139,7 @@ def workload_view(body: Mapping[str, Any]) -> WorkloadView:
         reason=str(telling.get("reason") or "Pending"),
         message=str(telling.get("message") or "Kueue has not looked at the Workload yet"),
         evicted=str(evicted.get("message") or "") if evicted.get("status") == "True" else None,
+        evicted_reason=str(evicted.get("reason") or "") if evicted.get("status") == "True" else "",
         finished=(conds.get(FINISHED) or {}).get("status") == "True",
         pods_ready=(conds.get(PODS_READY) or {}).get("status") == "True",
     )
@@ -150,6 +169,26 @@ class KueueNote:
     message: str
 
 
+@dataclass(frozen=True)
+class KueueEviction:
+    """Kueue evicted the attempt's Workload (Evicted=True): the gang must stop and queue again."""
+
+    attempt: int
+    workload: str
+    reason: str  # Kueue's Evicted reason, verbatim
+    message: str  # Kueue's Evicted message, verbatim
+
+    @property
+    def preempted(self) -> bool:
+        return self.reason == PREEMPTED
+
+    def preemptor_uid(self) -> str | None:
+        """The preemptor's job UID from Kueue's message (`Preempted to accommodate a workload (UID: ...,
+        JobUID: ...) ...`), when Kueue knew it."""
+        m = re.search(r"JobUID: ([0-9A-Za-z-]+)\)", self.message)
+        return m.group(1) if m and m.group(1) != "UNKNOWN" else None
+
+
 @dataclass
 class KueueStep:
     create: Manifest | None = None  # the attempt's Workload, when it does not exist yet
@@ -161,6 +200,8 @@ class KueueStep:
     # The gang runs and Kueue does not know yet: with waitForPodsReady (Kueue's default since 0.19) it
     # evicts an admitted Workload whose PodsReady stays False past its timeout.
     report_ready: str | None = None
+    # Kueue evicted the current attempt's Workload (preempted it, or its pods were not ready in time).
+    evicted: KueueEviction | None = None
 
 
 def decide(
@@ -169,18 +210,33 @@ def decide(
     flavors: Mapping[str, FlavorPlacement],
     finished: bool = False,
     running: bool = False,
+    live_attempts: frozenset[int] = frozenset(),
+    priority: int | None = None,
 ) -> KueueStep:
     """finished: the job has ended, so no Workload of it should hold quota any more; running: all pods of
-    the attempt run (the job's Running condition)."""
+    the attempt run (the job's Running condition); live_attempts: the attempts that still have pods not
+    finished (terminating ones included). An older attempt's Workload keeps its quota until its pods
+    are gone, as Kueue's job framework clears an evicted Workload's admission only once the job is no
+    longer active: a preempted gang saving its checkpoint still holds its GPUs."""
     step = KueueStep()
     mine = workload_name(gang.job, gang.attempt)
-    step.delete = [w.name for w in workloads if finished or w.name != mine]
+    step.delete = [
+        w.name
+        for w in workloads
+        if finished or (w.name != mine and (w.attempt is None or w.attempt not in live_attempts))
+    ]
     if finished:
         return step
     current = next((w for w in workloads if w.name == mine), None)
     queue = gang.spec.scheduling.queue_name
+    if current is not None and current.evicted is not None:
+        step.evicted = KueueEviction(gang.attempt, current.name, current.evicted_reason, current.evicted)
+        step.note = KueueNote(
+            current.evicted_reason or EVICTED, f"Kueue evicted Workload {current.name}: {current.evicted}"
+        )
+        return step
     if current is None:
-        step.create = build_workload(gang)
+        step.create = build_workload(gang, priority)
         step.note = KueueNote(WAITING, f"waiting for Kueue: Workload {mine} created in LocalQueue {queue}")
         return step
     if not current.admitted:

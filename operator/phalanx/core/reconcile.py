@@ -29,6 +29,7 @@ from phalanx.core import health, names, storage
 from phalanx.core import telemetry as tm
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
+from phalanx.core.kueue import PODS_READY_TIMEOUT, KueueEviction
 from phalanx.core.model import Event, JobView, Plan, PodRef, PodView
 from phalanx.core.nodeloss import NodeHealth, NodeLoss, node_loss
 from phalanx.core.observe import format_time, parse_time, seconds_left
@@ -49,6 +50,9 @@ class AdmissionNote:
     # The gang can never fit the cluster (ExceedsClusterCapacity): the job fails at once instead of
     # queueing forever (docs/scheduling.md).
     fatal: bool = False
+    # Kueue evicted the attempt's Workload (preemption, readiness timeout): the gang stops and queues again.
+    eviction: KueueEviction | None = None
+    preemptor: str | None = None  # the TrainingJob (namespace/name) Kueue's message names, when known
 
 
 class _Step:
@@ -246,6 +250,37 @@ def _restart(
     )
 
 
+def _evicted(
+    step: _Step,
+    spec: TrainingJobSpec,
+    current: Sequence[PodView],
+    pods: Sequence[PodView],
+    ev: KueueEviction,
+    preemptor: str | None,
+) -> Plan:
+    """Kueue evicted the attempt's Workload: the gang's pods are deleted gracefully (the trainers save a
+    checkpoint on SIGTERM) and the next attempt queues in Kueue with a Workload of its own, resuming from
+    the newest checkpoint once admitted. A preemption is not the job's fault and does not count against
+    backoffLimit; a readiness timeout is counted like a failed start (each attempt's Workload restarts
+    Kueue's own requeue count, so backoffLimit is what bounds it)."""
+    s = step.status
+    by = f" for TrainingJob {preemptor}" if preemptor else ""
+    last = s.last_checkpoint
+    saved = f"last committed checkpoint: step {last.step}" if last is not None else "no checkpoint committed yet"
+    what = f"Kueue evicted Workload {ev.workload} ({ev.reason or 'Evicted'}){by}: {ev.message}"
+    grace = f"the {len(current)} pods get their grace period to save a checkpoint ({saved})"
+    step.plan.events.append(Event("Warning", ev.reason or "Evicted", f"attempt {s.attempt}: {what}; {saved}"))
+    if ev.reason == PODS_READY_TIMEOUT:
+        return _restart(step, spec, current, pods, ev.reason, f"{what}; {grace}")
+    return _new_attempt(
+        step,
+        current,
+        ev.reason or "Evicted",
+        f"{what}; {grace}; attempt {s.attempt + 1} resumes from the newest checkpoint once Kueue admits it "
+        f"again (not counted against backoffLimit: {s.restarts} of {spec.run_policy.backoff_limit} restarts used)",
+    )
+
+
 def _cause_line(message: str | None) -> str:
     """The runtime's own `... preflight failed: <cause>` line from a termination message (a log tail)."""
     lines = [line for line in (message or "").splitlines() if "preflight failed: " in line]
@@ -411,6 +446,9 @@ def reconcile(
         step.delete(stale)
         step.plan.requeue(2)
         return step.done()
+
+    if admission is not None and admission.eviction is not None and admission.eviction.attempt == s.attempt:
+        return _evicted(step, spec, current, pods, admission.eviction, admission.preemptor)
 
     policy = spec.run_policy
     # A lost node comes first: the peers of a rank whose node vanished may crash on the broken

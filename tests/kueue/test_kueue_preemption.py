@@ -1,0 +1,115 @@
+"""Preemption by real Kueue (core/kueue.py, core/reconcile.py `_evicted`), with simulated (kwok) pods.
+
+A ClusterQueue of 16 GPUs that preempts lower priorities within itself. A 16-GPU job of a low
+PriorityClass runs; a 16-GPU job of a higher one arrives. Kueue, not phalanx, decides: it marks the
+low job's Workload Evicted (Preempted). phalanx then deletes that gang's pods gracefully, says in the
+job's status who preempted it, starts the next attempt without counting a restart, and keeps the
+evicted Workload's quota until the old pods are gone. When the high job ends, Kueue admits the low
+job's new Workload and it runs again as attempt 2.
+
+The real checkpoint (trainers saving on SIGTERM and resuming from that step) is not exercised here:
+these pods are simulated. See docs/scheduling.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from localcluster.testing import wait_for
+from tests.plugins.operator import JobClient
+from tests.scheduling.conftest import gpu_job, priority_classes  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.kueue
+GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
+
+
+@pytest.fixture
+def preempting_queue(api_client: client.ApiClient, namespace: str) -> Iterator[str]:
+    """LocalQueue `team` on a ClusterQueue of 16 GPUs (the H100 kwok nodes) that preempts lower priorities."""
+    custom = client.CustomObjectsApi(api_client)
+    name = f"pre-{namespace}"
+    custom.create_cluster_custom_object(GROUP, VERSION, "resourceflavors", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": name},
+        "spec": {"nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
+    })  # fmt: skip
+    custom.create_cluster_custom_object(GROUP, VERSION, "clusterqueues", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterQueue", "metadata": {"name": name},
+        "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
+                 "resourceGroups": [{
+                     "coveredResources": ["nvidia.com/gpu"],
+                     "flavors": [{"name": name, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": "16"}]}],
+                 }]},
+    })  # fmt: skip
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "localqueues", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalQueue", "metadata": {"name": "team"},
+        "spec": {"clusterQueue": name},
+    })  # fmt: skip
+
+    def active() -> bool:
+        lq = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "localqueues", "team")
+        return any(c["type"] == "Active" and c["status"] == "True" for c in lq.get("status", {}).get("conditions", []))
+
+    wait_for(active, timeout=60, what="LocalQueue team Active")
+    yield name
+    custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", namespace, "trainingjobs")
+    client.CoreV1Api(api_client).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+    for plural in ("clusterqueues", "resourceflavors"):
+        try:
+            custom.delete_cluster_custom_object(GROUP, VERSION, plural, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def workloads(jobs: JobClient, namespace: str) -> dict[str, dict[str, Any]]:
+    items = jobs.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workloads")["items"]
+    return {w["metadata"]["name"]: w for w in items}
+
+
+def test_higher_priority_job_preempts_and_the_preempted_one_resumes_as_a_new_attempt(
+    operator: Any, jobs: JobClient, core_v1: client.CoreV1Api, namespace: str, preempting_queue: str,
+    priority_classes: Callable[[str, int], str],  # noqa: F811
+) -> None:  # fmt: skip
+    low = priority_classes(f"{namespace}-low", 100)
+    high = priority_classes(f"{namespace}-high", 1000)
+    backoff = {"backoffLimit": 0}  # a preemption counted as a restart would fail the job at once
+    jobs.create(gpu_job("low", replicas=2, scheduling={"queueName": "team", "priorityClassName": low},
+                        runPolicy=backoff))  # fmt: skip
+    jobs.wait_state("low", "Running", timeout=120)
+    assert workloads(jobs, namespace)["low-a1"]["spec"]["priority"] == 100
+
+    created = jobs.create(gpu_job("high", replicas=2, scheduling={"queueName": "team", "priorityClassName": high}))
+    jobs.wait_state("high", "Running", timeout=120)
+
+    job = jobs.get("low")
+    status = job["status"]
+    assert (status["attempt"], status["restarts"]) == (2, 0), status
+    restarting = jobs.condition("low", "Restarting") or {}
+    assert (restarting.get("status"), restarting.get("reason")) == ("True", "Preempted"), restarting
+    message = restarting["message"]
+    assert f"for TrainingJob {namespace}/high" in message, message
+    assert "Preempted to accommodate a workload" in message, message  # Kueue's own words
+    assert created["metadata"]["uid"] in message, message
+    assert "not counted against backoffLimit" in message, message
+    # The preempted gang's pods are gone and its Workload with them (its quota went to the preemptor);
+    # the next attempt's pods wait gated for Kueue in a Workload of their own.
+    wait_for(lambda: "low-a1" not in workloads(jobs, namespace), timeout=60, what="low-a1 deleted")
+    pods = jobs.pods("low")
+    assert {p.metadata.name for p in pods} == {"low-a2-worker-0", "low-a2-worker-1"}
+    assert all(p.spec.scheduling_gates for p in pods)
+    assert (jobs.condition("low", "Admitted") or {}).get("status") == "False"
+
+    # The preemptor ends: Kueue admits the low job's attempt-2 Workload and it runs.
+    succeed = {"metadata": {"annotations": {"sim.phalanx.dev/outcome": "succeed"}}}
+    for p in jobs.pods("high"):
+        core_v1.patch_namespaced_pod(p.metadata.name, namespace, succeed)
+    jobs.wait_state("high", "Succeeded", timeout=60)
+    again = jobs.wait_state("low", "Running", timeout=120)
+    assert (again["status"]["attempt"], again["status"]["restarts"]) == (2, 0)
+    assert (jobs.condition("low", "Admitted") or {}).get("reason") == "AdmittedByKueue"
+    assert (jobs.condition("low", "Restarting") or {}).get("status") == "False"
