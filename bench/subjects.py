@@ -204,10 +204,36 @@ class Baseline(Subject):
         return self.client.send("recover", ns=ns, job=job.to_json(), timeout=600)
 
 
+PROFILE_ENV = "PHALANX_BENCH_PROFILE"
+
+
+def attach_profiler(pid: int, logs: Path) -> subprocess.Popen[bytes] | None:
+    """Opt-in ($PHALANX_BENCH_PROFILE=DIR): sample the ready operator with `py-spy record` until it
+    exits, one raw (folded stacks) profile per start in DIR. Off by default: the sampler costs CPU."""
+    out = os.environ.get(PROFILE_ENV)
+    if not out:
+        return None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    path = Path(out) / f"phalanx-{time.strftime('%Y%m%d-%H%M%S')}-{pid}.txt"
+    cmd = ["py-spy", "record", "--format", "raw", "--rate", "100", "--nonblocking", "-p", str(pid), "-o", str(path)]
+    with (logs / "py-spy.log").open("ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
 class Phalanx(Subject):
     name = "phalanx"
     mode = "phalanx"
     workers: int = 8
+    profiler: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        super().stop()
+        if self.profiler is not None:  # py-spy writes its profile when the operator exits
+            try:
+                self.profiler.wait(60)
+            except subprocess.TimeoutExpired:
+                process.end(self.profiler)
+            self.profiler = None
 
     def start_controller(self) -> None:
         port = free_port()
@@ -234,6 +260,7 @@ class Phalanx(Subject):
         )
         log.close()
         self._wait_ready(f"http://127.0.0.1:{port}/metrics", "the phalanx operator")
+        self.profiler = attach_profiler(self.proc.pid, self.logs)
 
 
 class Kubeflow(Subject):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import bench  # noqa: F401  (operator/ and dev/ on sys.path)
 from bench import report
 from bench.watch import PodRecord, gang_running_at, max_time
@@ -80,3 +82,27 @@ def test_cli_rejects_unknown_scenarios_and_prints_help() -> None:
     assert bad.returncode == 2 and "unknown scenario" in bad.stderr
     ok = subprocess.run([*run, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "--sustain-seconds" in ok.stdout
+
+
+def test_the_profiler_is_attached_only_when_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bench import subjects
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subjects.subprocess, "Popen", lambda cmd, **_: started.append(cmd) or "proc")
+    monkeypatch.delenv(subjects.PROFILE_ENV, raising=False)
+    assert subjects.attach_profiler(1234, tmp_path) is None and started == []
+    monkeypatch.setenv(subjects.PROFILE_ENV, str(tmp_path / "prof"))
+    assert subjects.attach_profiler(1234, tmp_path) == "proc"
+    assert started[0][:2] == ["py-spy", "record"] and "1234" in started[0] and (tmp_path / "prof").is_dir()
+
+
+def test_profile_summary_puts_a_sample_in_its_innermost_category(tmp_path: Path) -> None:
+    from bench import profile_summary
+
+    (tmp_path / "p.txt").write_text(
+        "run (kopf/_cogs/clients/watching.py:1);loads (json/__init__.py:346) 3\n"
+        "w (kopf/_core/reactor/processing.py:1);build (kopf/_cogs/configs/diffbase.py:56);deepcopy (copy.py:146) 1\n"
+    )
+    counts, total = profile_summary.summarize([tmp_path / "p.txt"])
+    assert total == 4 and counts["JSON decoding / encoding"] == 3
+    assert counts["kopf: diff-base, patches, deepcopy, handler kwargs"] == 1

@@ -427,3 +427,78 @@ def test_waiting_message_refresh_is_rate_limited_but_a_new_reason_is_not(monkeyp
     clock[0] += admitter_module.NOTE_REFRESH_SECONDS
     run(op, a)
     assert "16 free across 2 node(s)" in a.notes[("ns", "b")].message and op.enqueued == [("ns", "b")]
+
+
+def body_of(op: FakeOperator, job: str) -> dict[str, Any]:
+    return op.indices["job_index"][("ns", job)][0]  # type: ignore[no-any-return]
+
+
+def set_status(op: FakeOperator, job: str, status: dict[str, Any]) -> None:
+    body = body_of(op, job)
+    body["status"] = status
+    body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
+
+
+def test_a_gang_that_fits_is_admitted_as_it_is_created_and_keeps_its_room_before_the_cache_shows_it() -> None:
+    op = FakeOperator([gpu_node(f"gpu-{i}") for i in range(4)])
+    a = Admitter(op)  # type: ignore[arg-type]
+    op.add_job("a", 3, 8)
+    set_status(op, "a", {})  # the cache still shows the job before attempt 1 was written
+    placed = a.admit_at_create(("ns", "a"), body_of(op, "a"), 1, 3)
+    assert placed is not None and sorted(placed) == ["gpu-0", "gpu-1", "gpu-2"]
+    # Neither a's pods nor its attempt are in the cache yet: b (2 x 8) must not get a's nodes.
+    op.add_job("b", 2, 8, created=1)
+    set_status(op, "b", {})
+    assert a.admit_at_create(("ns", "b"), body_of(op, "b"), 1, 2) is None
+    # The cache shows a's attempt, its pods not yet: still booked (now through the pods it misses).
+    set_status(op, "a", {"attempt": 1, "state": "Starting"})
+    assert a.admit_at_create(("ns", "b"), body_of(op, "b"), 1, 2) is None
+    assert ("ns", "a") not in a._booked
+    # a's pods appear, ungated, unbound: the loop lifts nothing and b, queued gated, still waits.
+    for i in range(3):
+        op.add_pod("a", i, gated=False)
+    set_status(op, "b", {"attempt": 1, "state": "Queued"})
+    op.add_pod("b", 0)
+    op.add_pod("b", 1)
+    run(op, a)
+    assert op.kube.ungated == []
+    assert a.notes[("ns", "b")].reason == "InsufficientGPU"
+
+
+def test_no_admission_at_creation_while_another_gang_waits_or_when_it_does_not_fit() -> None:
+    op = FakeOperator([gpu_node(f"gpu-{i}") for i in range(4)])
+    a = Admitter(op)  # type: ignore[arg-type]
+    op.add_job("big", 5, 8)  # waits, gated: more than the 4 nodes are free
+    for i in range(5):
+        op.add_pod("big", i)
+    op.add_job("small", 1, 8, created=1)
+    assert a.admit_at_create(("ns", "small"), body_of(op, "small"), 1, 1) is None  # big is first in line
+    del op.indices["job_index"][("ns", "big")], op.indices["pod_index"][("ns", "big")]
+    op.add_job("huge", 5, 8, created=2)
+    assert a.admit_at_create(("ns", "huge"), body_of(op, "huge"), 1, 5) is None  # does not fit: created gated
+    assert a.admit_at_create(("ns", "small"), body_of(op, "small"), 1, 1) == ["gpu-0"]
+
+
+def test_a_gang_whose_creates_a_crash_cut_short_keeps_room_for_the_missing_pods() -> None:
+    # A crash after creating 1 of 3 pods ungated: a fresh admitter counts all 3 as admitted.
+    op = FakeOperator([gpu_node(f"gpu-{i}") for i in range(4)])
+    op.add_job("a", 3, 8, state="Starting")
+    op.add_pod("a", 0, gated=False)
+    op.add_job("b", 2, 8, created=1)
+    op.add_pod("b", 0)
+    op.add_pod("b", 1)
+    a = run(op)
+    assert op.kube.ungated == []
+    assert a.notes[("ns", "b")].reason == "InsufficientGPU"
+    assert a.admit_at_create(("ns", "a"), body_of(op, "a"), 1, 2) is None  # part of a gang: the loop's
+
+
+def test_a_younger_gang_is_not_admitted_at_creation_ahead_of_an_older_one_not_yet_created() -> None:
+    # a (older) has no pods and no attempt yet; b reaches creation first: the loop must order them.
+    op = FakeOperator([gpu_node(f"gpu-{i}") for i in range(4)])
+    a = Admitter(op)  # type: ignore[arg-type]
+    op.add_job("a", 3, 8, created=0)
+    set_status(op, "a", {})
+    op.add_job("b", 3, 8, created=1)
+    assert a.admit_at_create(("ns", "b"), body_of(op, "b"), 1, 3) is None
+    assert a.admit_at_create(("ns", "a"), body_of(op, "a"), 1, 3) is not None  # b is behind a

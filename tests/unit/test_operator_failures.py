@@ -72,6 +72,7 @@ def operator(create_error: BaseException | None = None) -> tuple[Operator, FakeK
         "priority_index": {},
         "node_index": {},
         "node_health_index": {},
+        "usage_index": {},
     }
     kube = FakeKube(op, create_error)
     op.kube = kube  # type: ignore[assignment]

@@ -108,3 +108,17 @@ def test_sidecars_and_init_containers_get_the_restricted_defaults_unless_they_se
     assert contexts["net"] == {"allowPrivilegeEscalation": False, "capabilities": {"add": ["NET_ADMIN"]}}
     # privileged with allowPrivilegeEscalation=false is refused by the apiserver: the default is left out.
     assert contexts["debug"] == {"privileged": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_a_pod_admitted_at_creation_has_no_gate_and_prefers_its_planned_node() -> None:
+    from phalanx.core.pods import PREFERRED, admitted_pod
+
+    gated_pod = {"kind": "Pod", "spec": {"schedulingGates": [{"name": "g"}], "affinity": {"podAffinity": {"x": 1}}}}
+    pod = admitted_pod(gated_pod, "node-7")
+    assert "schedulingGates" not in pod["spec"]
+    assert pod["spec"]["affinity"]["podAffinity"] == {"x": 1}
+    term = pod["spec"]["affinity"]["nodeAffinity"][PREFERRED][-1]
+    assert term["preference"]["matchFields"][0]["values"] == ["node-7"]
+    assert (
+        gated_pod["spec"]["schedulingGates"] == [{"name": "g"}] and "nodeAffinity" not in gated_pod["spec"]["affinity"]
+    )

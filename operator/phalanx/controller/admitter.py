@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from phalanx.controller import metrics
@@ -29,7 +29,7 @@ from phalanx.core import names
 from phalanx.core.gang import Gang
 from phalanx.core.model import JobView, PodView
 from phalanx.core.observe import job_view
-from phalanx.core.pods import build_pod, gated
+from phalanx.core.pods import PREFERRED, build_pod, gated, node_preference
 from phalanx.core.reconcile import AdmissionNote
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("phalanx")
 
-PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
 # Pods this process ungated may still show gates in the cache for a moment; only after this long is
 # a gate that is still there taken as lost (a failed patch) and lifted again.
 RELIFT_AFTER_SECONDS = 2.0
@@ -61,6 +60,17 @@ class Shape:
     avoided: frozenset[str] = frozenset()  # nodes kept out by status.avoidedNodes
 
 
+@dataclass
+class _Inputs:
+    """What one admission pass decides on (see Admitter._gather)."""
+
+    queue: list[adm.GangDemand] = field(default_factory=list)  # gangs whose pods all exist, gated
+    admitted: list[adm.GangDemand] = field(default_factory=list)  # admitted gangs with pods not bound yet
+    gated_pods: dict[JobKey, list[PodView]] = field(default_factory=dict)  # pods still gated, in index order
+    to_place: dict[JobKey, list[PodView]] = field(default_factory=dict)  # the pods a placement is for
+    unfinished: list[JobKey] = field(default_factory=list)  # admitted gangs with gates left (lost patch, crash)
+
+
 @dataclass(frozen=True)
 class _Cached:
     resource_version: str
@@ -75,6 +85,8 @@ class Admitter:
         self._noted: dict[JobKey, float] = {}  # when each job's note was last published
         self._lifted: dict[JobKey, tuple[int, float]] = {}  # job -> (attempt, when) we lifted its gates
         self._jobs: dict[JobKey, _Cached] = {}
+        # Gangs admitted as they were created (admit_at_create): attempt and demand, until the cache shows them.
+        self._booked: dict[JobKey, tuple[int, adm.GangDemand]] = {}
         self._wake = asyncio.Event()
         self._computed = 0.0  # seconds the last pass computed (on the event loop), API calls aside
         self._nodes: dict[str, adm.NodeView] = {}  # what admission last read of each node, to skip no-op events
@@ -86,6 +98,7 @@ class Admitter:
         self.notes.pop(key, None)
         self._noted.pop(key, None)
         self._lifted.pop(key, None)
+        self._booked.pop(key, None)
         self._jobs.pop(key, None)
         self.wake()  # its capacity is free now
 
@@ -157,21 +170,11 @@ class Admitter:
         if changed:
             self.wake()
 
-    async def admit_once(self) -> adm.Decision:
-        """One decision over the caches: O(jobs) to find the gangs that wait; only when some do, also
-        O(nodes + accelerator pods bound + pods of waiting jobs)."""
-        if not self.op.leading:
-            return adm.Decision()  # a standby decides nothing; it is woken when it leads
-        indices = self.op.indices
-        began = time.perf_counter()
-        queue: list[adm.GangDemand] = []
-        admitted: list[adm.GangDemand] = []
-        gated_pods: dict[JobKey, list[PodView]] = {}  # pods still gated, in index order
-        to_place: dict[JobKey, list[PodView]] = {}  # the pods a placement is for, in index order
-        unfinished: list[JobKey] = []  # admitted gangs with gates left (lost patch, crash, new pod)
-        seen: set[JobKey] = set()
-        now = time.monotonic()
-        for key, store in list(indices["job_index"].items()):
+    def _gather(self, now: float) -> _Inputs:
+        """O(jobs): the gangs that wait for admission and the admitted ones still binding, from the caches."""
+        got = _Inputs()
+        seen: dict[JobKey, int] = {}  # gangs of built-in admission, at the attempt the cache shows
+        for key, store in list(self.op.indices["job_index"].items()):
             body = next(iter(store), None)
             if body is None or not may_wait(body):
                 continue
@@ -183,38 +186,120 @@ class Admitter:
             attempt = job.status.attempt
             if not gated(Gang(job.name, job.namespace, job.uid, spec, attempt)):
                 continue  # Kueue, a gang scheduler or nobody admits this job
-            seen.add(key)
+            seen[key] = attempt
             pods = sorted(
                 (p for p in self.op.pods_of(key, job.uid) if p.attempt == attempt and not p.terminating),
                 key=lambda p: p.index,
             )
             waiting = [p for p in pods if p.gated]
             loose = [p for p in pods if p.node is None and p.phase == "Pending"]
+            # Pods of an admitted gang not created (or not in the cache) yet keep their room too: a gang
+            # admitted as it is created, or one whose creates a crash cut short.
+            missing = max(0, spec.replicas - len(pods))
             priority = self.op.priority(spec.scheduling.priority_class_name)
             ours = self._lifted.get(key)
             ours_now = ours is not None and ours[0] == attempt
-            if ours is not None and (not ours_now or not waiting):
+            if ours is not None and (not ours_now or (not waiting and not missing)):
                 del self._lifted[key]  # the cache caught up (or a new attempt began)
             if ours_now or any(not p.gated for p in pods):
-                if loose:
-                    admitted.append(demand_of(job, entry.shape, priority, len(loose)))
-                    to_place[key] = loose
+                if loose or missing:
+                    got.admitted.append(demand_of(job, entry.shape, priority, len(loose) + missing))
+                    got.to_place[key] = loose
                 if waiting and (ours is None or not ours_now or now - ours[1] > RELIFT_AFTER_SECONDS):
-                    unfinished.append(key)
-                    gated_pods[key] = waiting
+                    got.unfinished.append(key)
+                    got.gated_pods[key] = waiting
                 continue
             if waiting and len(pods) >= spec.replicas:
-                queue.append(demand_of(job, entry.shape, priority, spec.replicas))
-                gated_pods[key] = waiting
-                to_place[key] = pods
+                got.queue.append(demand_of(job, entry.shape, priority, spec.replicas))
+                got.gated_pods[key] = waiting
+                got.to_place[key] = pods
         for key in [k for k in self._jobs if k not in seen]:
             del self._jobs[key]
         for key in [k for k in self.notes if k not in seen]:
             del self.notes[key]
             self._noted.pop(key, None)
-        for key in [k for k in self._lifted if k not in seen]:
+        # Gangs admitted as they were created, while the cache still shows the job before its attempt
+        # was recorded: their whole demand stays booked until the cache shows that attempt.
+        for key, (attempt, demand) in list(self._booked.items()):
+            body = next(iter(self.op.indices["job_index"].get(key) or []), None)
+            if body is None or int((body.get("status") or {}).get("attempt") or 0) >= attempt:
+                del self._booked[key]
+            else:
+                got.admitted.append(demand)
+        for key in [k for k in self._lifted if k not in seen and k not in self._booked]:
             del self._lifted[key]
+        return got
 
+    def admit_at_create(self, key: JobKey, body: Mapping[str, Any], attempt: int, pods: int) -> list[str] | None:
+        """Called (without awaiting anything) right before a gang's pods are created: when no other gang
+        waits and the whole gang fits now, book it as admitted and return a node per pod, so its pods are
+        created ungated with their placement instead of gated and lifted one patch each after the watch
+        has shown them. None: create them gated, the loop decides (in priority order, with the others).
+
+        Safe because the booking is made in the same step as the decision, on the event loop: the next
+        pass counts the gang's pods, created or not yet seen, as admitted (`_gather`), and after a
+        crash any pod without gates makes the gang admitted for the new operator too."""
+        if not self.op.leading:
+            return None
+        now = time.monotonic()
+        inputs = self._gather(now)
+        entry = self._cached(key, body)
+        known = {d.key for d in inputs.admitted} | set(self._booked) | set(inputs.gated_pods)
+        if entry is None or inputs.queue or inputs.unfinished or key in known:
+            return None  # others wait (order matters), or this gang is already known: the loop decides
+        job = entry.job
+        assert job.spec is not None
+        if pods != job.spec.replicas or self.op.pods_of(key, job.uid):
+            return None  # not the whole gang at once (a crash cut its creates short): the loop decides
+        demand = demand_of(job, entry.shape, self.op.priority(job.spec.scheduling.priority_class_name), pods)
+        if self._ahead_of(demand, known):
+            return None  # an older (or higher-priority) gang is still on its way to admission: the loop orders them
+        nodes = [v for store in self.op.indices["node_index"].values() for v in store]
+        usage = [u for store in self.op.indices["usage_index"].values() for u in store]
+        decision = adm.decide(nodes, usage, inputs.admitted, [demand])
+        placed = decision.placements.get(key)
+        if key not in decision.admit or placed is None or len(placed) != pods:
+            return None
+        self._booked[key] = (attempt, demand)
+        self._lifted[key] = (attempt, now)
+        self.notes.pop(key, None)
+        metrics.ADMISSIONS.inc()
+        log.info("admitted %s/%s as it is created: %d pod(s) onto %d node(s)", *key, pods, len(set(placed)))
+        return placed
+
+    def _ahead_of(self, demand: adm.GangDemand, admitted: set[JobKey]) -> bool:
+        """Whether another job of built-in admission, not admitted and not settled (its pods may not exist
+        yet), comes before `demand` in the loop's order (priority, then age). O(jobs)."""
+        mine = (-demand.priority, demand.created, demand.key)
+        for key, store in list(self.op.indices["job_index"].items()):
+            body = next(iter(store), None)
+            if key == demand.key or key in admitted or body is None or body["metadata"].get("deletionTimestamp"):
+                continue
+            if (body.get("status") or {}).get("state") in SETTLED_STATES:
+                continue
+            entry = self._cached(key, body)
+            if entry is None or entry.job.spec is None:
+                continue
+            job = entry.job
+            assert job.spec is not None
+            if not gated(Gang(job.name, job.namespace, job.uid, job.spec, max(job.status.attempt, 1))):
+                continue
+            if (-self.op.priority(job.spec.scheduling.priority_class_name), job.created, key) < mine:
+                return True
+        return False
+
+    async def admit_once(self) -> adm.Decision:
+        """One decision over the caches: O(jobs) to find the gangs that wait; only when some do, also
+        O(nodes + accelerator pods bound + pods of waiting jobs)."""
+        if not self.op.leading:
+            return adm.Decision()  # a standby decides nothing; it is woken when it leads
+        indices = self.op.indices
+        began = time.perf_counter()
+        now = time.monotonic()
+        got = self._gather(now)
+        queue, admitted, gated_pods, to_place, unfinished = (
+            got.queue, got.admitted, got.gated_pods, got.to_place, got.unfinished
+        )  # fmt: skip
         if not queue and not admitted and not unfinished:
             self._computed = time.perf_counter() - began
             return adm.Decision()  # nothing gated or binding: no need to read 1000 nodes and their pods
@@ -335,10 +420,7 @@ def prefer_node(affinity: Mapping[str, Any], node: str) -> list[dict[str, Any]]:
     A preference, not a rule: if the node is taken meanwhile the pod still goes wherever it fits.
     It makes the scheduler follow the packing the admission planned instead of spreading the gang.
     """
-    term = {
-        "weight": 100,
-        "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]},
-    }
+    term = node_preference(node)
     node_affinity = affinity.get("nodeAffinity")
     if not affinity:
         return [{"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": {PREFERRED: [term]}}}]

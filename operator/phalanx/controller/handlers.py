@@ -14,7 +14,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from phalanx.api.models import GROUP, PLURAL, VERSION
-from phalanx.controller import caches
+from phalanx.controller import caches, essence
 from phalanx.controller.operator import Operator
 from phalanx.core import names
 
@@ -36,7 +36,8 @@ INDEXES = (
 def configure(settings: kopf.OperatorSettings) -> None:
     # Progress annotations and handler results stay out of .status: status is the operator's own.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.phalanx.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.phalanx.dev")
+    # Only indexes and on.event handlers: no essence to compare (controller/essence.py).
+    settings.persistence.diffbase_storage = essence.EmptyEssence(prefix="kopf.phalanx.dev")
     settings.posting.level = logging.ERROR  # kopf.event() still posts our own Events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -146,4 +147,5 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
         op.node_changed(kw["name"], None if deleted else caches.node_health(body))
         op.node_unhealthy_changed(kw["name"], view.unhealthy if view is not None else None)
 
+    essence.check_unused(registry)
     return registry

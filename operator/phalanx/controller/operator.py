@@ -27,7 +27,7 @@ from phalanx.core.lease import LeaseSettings
 from phalanx.core.model import JobView, Plan, PodView
 from phalanx.core.nodeloss import FINISHED, NodeHealth
 from phalanx.core.observe import format_time, job_view
-from phalanx.core.pods import gated
+from phalanx.core.pods import admitted_pod, gated
 from phalanx.core.reconcile import reconcile
 from phalanx.core.refusal import CreateRefusal, classify
 
@@ -398,14 +398,17 @@ class Operator:
             if wait > 0:
                 self.queue.add_after(key, wait)  # the apiserver refused this job's creates: retry with backoff
             else:
-                await self._create(key, job, ref, plan)
+                await self._create(key, job, body, ref, plan)
         if plan.delete_job:
             await self.kube.delete_job(ns, name)
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
 
-    async def _create(self, key: JobKey, job: JobView, ref: dict[str, Any], plan: Plan) -> None:
+    async def _create(
+        self, key: JobKey, job: JobView, body: Mapping[str, Any], ref: dict[str, Any], plan: Plan
+    ) -> None:
         assert self.kube is not None
+        self._admit_at_create(key, job, body, plan)
         results = await asyncio.gather(*(self.kube.create(m) for m in plan.create), return_exceptions=True)
         failed = [(m, r) for m, r in zip(plan.create, results, strict=True) if isinstance(r, BaseException)]
         made = sum(1 for m, ok in zip(plan.create, results, strict=True) if ok is True and m["kind"] == "Pod")
@@ -434,6 +437,19 @@ class Operator:
             log.warning("%s/%s: %s; retrying in %g s", *key, message, entry.delay)
         self._refusals[key] = refusal
         self.queue.add(key)  # the next reconcile writes the refusal into status; creates wait for the backoff
+
+    def _admit_at_create(self, key: JobKey, job: JobView, body: Mapping[str, Any], plan: Plan) -> None:
+        """A whole gang about to be created that fits now is created ungated, each pod with its planned node
+        (one create per pod instead of a create and a patch, and no wait for the watch to show the gang).
+        The attempt is already in status (written before any create), as on the gated path."""
+        pods = [i for i, m in enumerate(plan.create) if m["kind"] == "Pod" and m["spec"].get("schedulingGates")]
+        if not pods or job.spec is None:
+            return
+        if not gated(Gang(job.name, job.namespace, job.uid, job.spec, plan.status.attempt)):
+            return  # Kueue (or another admission system) lifts these gates
+        placed = self.admitter.admit_at_create(key, body, plan.status.attempt, len(pods))
+        for i, node in zip(pods, placed or [], strict=False):
+            plan.create[i] = admitted_pod(plan.create[i], node)
 
     def _post(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event without waiting for it: Events are best effort and go last in the API slots,

@@ -46,6 +46,30 @@ def held(gang: Gang) -> bool:
     return gated(gang) or bool(gang.spec.scheduling.queue_name)
 
 
+PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
+
+
+def node_preference(node: str) -> dict[str, Any]:
+    """A preferred node-affinity term for the node admission planned: the scheduler follows the
+    packing admission computed, yet a pod still goes wherever it fits if that node is taken meanwhile."""
+    return {
+        "weight": 100,
+        "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]},
+    }
+
+
+def admitted_pod(pod: dict[str, Any], node: str) -> dict[str, Any]:
+    """A gated pod as created when its whole gang was admitted before creation: no gate, and the
+    planned node as a preference (what lifting its gate would have patched in)."""
+    spec = {k: v for k, v in pod["spec"].items() if k != "schedulingGates"}
+    affinity = dict(spec.get("affinity") or {})
+    node_affinity = dict(affinity.get("nodeAffinity") or {})
+    node_affinity[PREFERRED] = [*(node_affinity.get(PREFERRED) or []), node_preference(node)]
+    affinity["nodeAffinity"] = node_affinity
+    spec["affinity"] = affinity
+    return {**pod, "spec": spec}
+
+
 def phalanx_env(gang: Gang, index: int) -> list[dict[str, Any]]:
     spec = gang.spec
     env = [
