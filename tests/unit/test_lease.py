@@ -8,13 +8,13 @@ import pytest
 
 from phalanx.core.lease import (
     Action,
-    LeaseConfigError,
     LeaseRecord,
     LeaseSettings,
     decide,
     leading,
     released,
 )
+from phalanx.core.settings import ConfigError
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 EARLIER = datetime(2025, 12, 31, tzinfo=UTC)
@@ -106,8 +106,8 @@ def test_release_only_what_is_ours(current: LeaseRecord | None, expected_holder:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"PHALANX_LEASE_DURATION_SECONDS": "abc"}, "PHALANX_LEASE_DURATION_SECONDS='abc' is not a number of seconds"),
-        ({"PHALANX_LEASE_RETRY_PERIOD_SECONDS": "0"}, "PHALANX_LEASE_RETRY_PERIOD_SECONDS=0 is outside 0..3600"),
+        ({"PHALANX_LEASE_DURATION_SECONDS": "abc"}, "PHALANX_LEASE_DURATION_SECONDS='abc' is not a number"),
+        ({"PHALANX_LEASE_RETRY_PERIOD_SECONDS": "0"}, "PHALANX_LEASE_RETRY_PERIOD_SECONDS=0 must be greater than 0"),
         ({"PHALANX_LEASE_DURATION_SECONDS": "5"}, "PHALANX_LEASE_DURATION_SECONDS=5 must be greater than"),
         ({"PHALANX_LEASE_RENEW_DEADLINE_SECONDS": "1"}, "PHALANX_LEASE_RENEW_DEADLINE_SECONDS=1 must be greater than"),
         ({"PHALANX_LEADER_ELECTION": "maybe"}, "PHALANX_LEADER_ELECTION='maybe' is not true or false"),
@@ -115,7 +115,7 @@ def test_release_only_what_is_ours(current: LeaseRecord | None, expected_holder:
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(LeaseConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         LeaseSettings.from_env(env)
 
 

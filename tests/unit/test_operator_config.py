@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from phalanx.controller.config import ConfigError, env_int, env_number
+from phalanx.core.settings import ConfigError, env_int, env_number
 
 REPO = Path(__file__).resolve().parents[2]
 

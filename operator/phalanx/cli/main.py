@@ -21,9 +21,9 @@ from phalanx.cli import convert, logs, plot, render, status, top
 from phalanx.cli.cluster import Cluster
 from phalanx.cli.errors import ERROR, USAGE, CliError
 from phalanx.contract import DEFAULT_METRICS_PORT
-from phalanx.controller.config import ConfigError
 from phalanx.controller.scraper import ENV_NETWORKS, ScrapeSettings
 from phalanx.core.observe import pod_view
+from phalanx.core.settings import ConfigError
 
 
 def _connect(args: argparse.Namespace) -> tuple[Cluster, str]:

@@ -8,14 +8,13 @@ import sys
 
 from kopf.cli import main
 
-from phalanx.controller.config import ConfigError
-from phalanx.core.lease import LeaseConfigError
+from phalanx.core.settings import ConfigError
 
 if __name__ == "__main__":
     try:
         # Reads and checks every setting; kopf's `-m` below then finds the module already loaded.
         importlib.import_module("phalanx.controller.main")
-    except (ConfigError, LeaseConfigError) as e:
+    except ConfigError as e:  # every setting's error, the lease's and the scraper's too
         print(f"phalanx operator: bad setting: {e}", file=sys.stderr)
         sys.exit(2)
     namespace = os.environ.get("PHALANX_WATCH_NAMESPACE")

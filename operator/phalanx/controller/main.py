@@ -6,9 +6,9 @@ import os
 
 import kopf
 
-from phalanx.controller.config import env_int
 from phalanx.controller.handlers import build_registry
 from phalanx.controller.operator import Operator
+from phalanx.core.settings import env_int
 
 OPERATOR = Operator(
     workers=env_int(os.environ, "PHALANX_WORKERS", 8, 1, 1024),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from phalanx.controller.config import ConfigError
 from phalanx.core.health import NodeSignals
+from phalanx.core.settings import ConfigError
 
 ENV_CONDITIONS = "PHALANX_UNHEALTHY_NODE_CONDITIONS"
 ENV_TAINTS = "PHALANX_UNHEALTHY_NODE_TAINTS"

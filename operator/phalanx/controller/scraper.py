@@ -42,11 +42,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from phalanx.api.models import PreflightStatus
 from phalanx.controller import metrics
 from phalanx.controller.caches import JobKey
-from phalanx.controller.config import ConfigError, env_int, env_number
 from phalanx.core import health, telemetry
 from phalanx.core.health import GangProgress, RankProgress
 from phalanx.core.model import PodView
 from phalanx.core.observe import job_view
+from phalanx.core.settings import ConfigError, env_int, env_number
 from phalanx.core.telemetry import Change, JobTelemetry, PodSample
 
 log = logging.getLogger("phalanx")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 
+from phalanx.core.settings import ConfigError, env_number
+
 ENV_ENABLED = "PHALANX_LEADER_ELECTION"
 ENV_NAME = "PHALANX_LEASE_NAME"
 ENV_NAMESPACE = "PHALANX_LEASE_NAMESPACE"
@@ -31,7 +33,7 @@ DEFAULT_NAME = "phalanx-operator"
 RELEASED_DURATION_SECONDS = 1
 
 
-class LeaseConfigError(ValueError):
+class LeaseConfigError(ConfigError):
     """The leader-election settings are wrong; the operator refuses to start."""
 
 
@@ -83,16 +85,7 @@ class LeaseSettings:
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise LeaseConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise LeaseConfigError(f"{name}={raw} is outside 0..3600 seconds")
-    return value
+    return env_number(env, name, default, 0, 3600)  # more than 0: LeaseSettings checks the order
 
 
 def _dns_subdomain(name: str) -> bool:

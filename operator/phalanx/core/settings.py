@@ -1,5 +1,5 @@
-"""The operator's settings from its environment: each checked at start, so a bad one stops it with one
-line naming the variable instead of a traceback mid-run."""
+"""Settings from the environment (the operator's, its lease's, the scraper's): each checked at start, so
+a bad one stops the operator with one line naming the variable instead of a traceback mid-run."""
 
 from __future__ import annotations
 
