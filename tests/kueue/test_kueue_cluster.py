@@ -13,9 +13,9 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster import kueue
 from localcluster.testing import wait_for
+from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue
 
 pytestmark = pytest.mark.kueue
-GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 
 
 @pytest.fixture
@@ -28,12 +28,7 @@ def cluster_queue(custom: client.CustomObjectsApi, namespace: str) -> Iterator[s
     """A ClusterQueue named after the test's namespace (so tests never share one), removed after."""
     name = f"cq-{namespace}"
     yield name
-    for plural in ("clusterqueues", "resourceflavors"):
-        try:
-            custom.delete_cluster_custom_object(GROUP, VERSION, plural, name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+    delete_cluster_queue(custom, name)
 
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from localcluster.testing import wait_for
+from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
 from tests.plugins.operator import JobClient
 from tests.scheduling.conftest import gpu_job, priority_classes  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.kueue
-GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 
 
 @pytest.fixture
@@ -45,25 +44,11 @@ def preempting_queue(api_client: client.ApiClient, namespace: str) -> Iterator[s
                      "flavors": [{"name": name, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": "16"}]}],
                  }]},
     })  # fmt: skip
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "localqueues", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalQueue", "metadata": {"name": "team"},
-        "spec": {"clusterQueue": name},
-    })  # fmt: skip
-
-    def active() -> bool:
-        lq = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "localqueues", "team")
-        return any(c["type"] == "Active" and c["status"] == "True" for c in lq.get("status", {}).get("conditions", []))
-
-    wait_for(active, timeout=60, what="LocalQueue team Active")
+    local_queue(custom, namespace, name)
     yield name
     custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", namespace, "trainingjobs")
     client.CoreV1Api(api_client).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
-    for plural in ("clusterqueues", "resourceflavors"):
-        try:
-            custom.delete_cluster_custom_object(GROUP, VERSION, plural, name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+    delete_cluster_queue(custom, name)
 
 
 def workloads(jobs: JobClient, namespace: str) -> dict[str, dict[str, Any]]:

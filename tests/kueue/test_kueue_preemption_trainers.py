@@ -14,17 +14,16 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from localcluster.testing import Kubectl
 from procnode.testing import NodeProcess
 from tests.e2e.conftest import claim, e2e_operator, procnode  # noqa: F401  (fixtures)
 from tests.e2e.test_training import JOB_TIMEOUT, committed_steps, kubectl_apply, training_job, wait_for
+from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
 from tests.plugins.operator import JobClient, OperatorProcess
 from tests.scheduling.conftest import priority_classes  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.kueue, pytest.mark.e2e]
-GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 # Slow enough that the preemption lands mid-run: 300 steps of at least 0.15 s.
 LOW_ARGS = ["--steps", "300", "--batch-size", "16", "--seed", "7", "--checkpoint-every-steps", "10",
             "--step-sleep", "0.15", "--log-every", "10", "--out", "/checkpoints/final.pt"]  # fmt: skip
@@ -50,18 +49,10 @@ def cpu_queue(api_client: client.ApiClient, namespace: str) -> Iterator[str]:
                                                               {"name": "memory", "nominalQuota": "64Gi"}]}],
                  }]},
     })  # fmt: skip
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "localqueues", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalQueue", "metadata": {"name": "team"},
-        "spec": {"clusterQueue": name},
-    })  # fmt: skip
+    local_queue(custom, namespace, name)
     yield name
     custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", namespace, "trainingjobs")
-    for plural in ("clusterqueues", "resourceflavors"):
-        try:
-            custom.delete_cluster_custom_object(GROUP, VERSION, plural, name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+    delete_cluster_queue(custom, name)
 
 
 def test_preempted_trainers_save_a_checkpoint_and_the_next_attempt_resumes_from_it(
