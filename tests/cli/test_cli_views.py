@@ -70,7 +70,7 @@ RUNNING = {
     "readySummary": "2/2",
     "startTime": stamp(500),
     "conditions": [
-        condition("Admitted", "True", "GangAdmitted", "all 2 pods fit; scheduling gates lifted"),
+        condition("Admitted", "True", "GangAdmitted", "all 2 pods fit and may schedule"),
         condition("Running", "True", "AllReplicasRunning", "2 pods, world size 2, attempt 2"),
         condition("Restarting", "False", "GangRunning", "attempt 2 is running"),
     ],

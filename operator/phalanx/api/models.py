@@ -254,7 +254,8 @@ class Scheduling(Model):
     """Gang admission and placement."""
 
     gang: bool = True
-    """No pod schedules until the whole gang fits (pods are created with a scheduling gate)."""
+    """No pod schedules until the whole gang fits: a gang that fits when its pods are created gets them
+    ungated with their placement, otherwise they are created with a scheduling gate lifted for all at once."""
     priority_class_name: Annotated[str | None, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] = (
         None
     )

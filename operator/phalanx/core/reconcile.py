@@ -584,7 +584,7 @@ def _admission(
         )
         step.condition(cond.ADMITTED, True, "AdmittedExternally", f"admission is left to {who}")
     elif current and not missing and not any(p.gated for p in current):
-        step.condition(cond.ADMITTED, True, "GangAdmitted", f"all {len(current)} pods fit; scheduling gates lifted")
+        step.condition(cond.ADMITTED, True, "GangAdmitted", f"all {len(current)} pods fit and may schedule")
     elif missing and refusal is not None:
         step.condition(cond.ADMITTED, False, refusal.reason, f"the gang is incomplete: {refusal.message}")
     else:
