@@ -7,7 +7,11 @@ a version in both places.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 from localcluster.errors import BinariesMissing, ClusterError
@@ -84,3 +88,30 @@ def require(names: tuple[str, ...] = CONTROL_PLANE) -> dict[str, Path]:
             "run `make binaries` (bash dev/build-binaries.sh; about 10 min cold) and retry"
         )
     return paths
+
+
+def go_module_dir(module: str, version: str, what: str, rerun: str) -> Path:
+    """Directory of module@version in the Go module cache (downloaded if absent). `what` names what is
+    read from it and `rerun` the command that fetches it, for the one-line errors."""
+    go = shutil.which("go")
+    if go is None:
+        raise ClusterError(
+            f"Go is not installed, but {what} are read from the Go module cache; install Go >= 1.26 and run `{rerun}`"
+        )
+    with tempfile.TemporaryDirectory() as tmp:  # outside any module: the repo's go.mod cannot interfere
+        res = subprocess.run(
+            [go, "mod", "download", "-json", f"{module}@{version}"],
+            capture_output=True, text=True, cwd=tmp, check=False,
+            env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "on", "GOTOOLCHAIN": "local"},
+        )  # fmt: skip
+    try:
+        info = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        info = {}
+    if res.returncode != 0 or not info.get("Dir"):
+        detail = info.get("Error") or res.stderr.strip() or "no Dir in output"
+        raise ClusterError(
+            f"cannot locate {module}@{version} in the Go module cache ({detail[:200]}); "
+            f"run `{rerun}` (it downloads the module) and retry"
+        )
+    return Path(info["Dir"])

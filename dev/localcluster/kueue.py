@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -76,30 +74,7 @@ def binary() -> Path:
 
 def module_dir(ver: str | None = None) -> Path:
     """sigs.k8s.io/kueue@<ver> in the Go module cache (downloaded if absent)."""
-    ver = ver or version()
-    go = shutil.which("go")
-    if go is None:
-        raise ClusterError(
-            "Go is not installed, but Kueue's manifests are read from the Go module cache; "
-            "install Go >= 1.26 and run `bash dev/build-binaries.sh kueue`"
-        )
-    with tempfile.TemporaryDirectory() as tmp:  # outside any module: the repo's go.mod cannot interfere
-        res = subprocess.run(
-            [go, "mod", "download", "-json", f"{MODULE}@{ver}"],
-            capture_output=True, text=True, cwd=tmp, check=False,
-            env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "on", "GOTOOLCHAIN": "local"},
-        )  # fmt: skip
-    try:
-        info = json.loads(res.stdout)
-    except json.JSONDecodeError:
-        info = {}
-    if res.returncode != 0 or not info.get("Dir"):
-        detail = info.get("Error") or res.stderr.strip() or "no Dir in output"
-        raise ClusterError(
-            f"cannot locate Kueue {ver} in the Go module cache ({detail[:200]}); "
-            "run `bash dev/build-binaries.sh kueue` (it downloads the module) and retry"
-        )
-    return Path(info["Dir"])
+    return binaries.go_module_dir(MODULE, ver or version(), "Kueue's manifests", "bash dev/build-binaries.sh kueue")
 
 
 def _load_all(path: Path) -> list[dict[str, Any]]:

@@ -7,11 +7,6 @@ the binary) instead of copying upstream files into this repo.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 from localcluster import binaries
@@ -34,30 +29,7 @@ STOCK_STAGES = (
 def kwok_module_dir(version: str | None = None) -> Path:
     """Directory of sigs.k8s.io/kwok@<version> in the Go module cache (downloaded if absent)."""
     version = version or binaries.version_of("kwok")
-    go = shutil.which("go")
-    if go is None:
-        raise ClusterError(
-            "Go is not installed, but kwok's stock stages are read from the Go module cache; "
-            "install Go >= 1.24 and run `make binaries`"
-        )
-    # Run outside any module so the repo's own go.mod (if one appears) cannot interfere.
-    with tempfile.TemporaryDirectory() as tmp:
-        res = subprocess.run(
-            [go, "mod", "download", "-json", f"sigs.k8s.io/kwok@{version}"],
-            capture_output=True, text=True, cwd=tmp, check=False,
-            env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "on"},
-        )  # fmt: skip
-    try:
-        info = json.loads(res.stdout)
-    except json.JSONDecodeError:
-        info = {}
-    if res.returncode != 0 or not info.get("Dir"):
-        detail = info.get("Error") or res.stderr.strip() or "no Dir in output"
-        raise ClusterError(
-            f"cannot locate kwok {version} in the Go module cache ({detail[:200]}); "
-            "run `make binaries` (it downloads the module) and retry"
-        )
-    return Path(info["Dir"])
+    return binaries.go_module_dir("sigs.k8s.io/kwok", version, "kwok's stock stages", "make binaries")
 
 
 def stage_documents(module_dir: Path) -> list[str]:
