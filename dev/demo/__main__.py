@@ -21,7 +21,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m demo", description="phalanx's story on a local cluster")
-    p.add_argument("--node", choices=("process", "real"), default="process",
+    p.add_argument("--node", choices=("real", "process"), default="real",
                    help="where the pods run: the process node, or the real node (containerd + kubelet)")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the state dir (cluster, operator and pod logs)")
     p.add_argument("--since", type=float, help="unix time `make demo` started: the set-up time is printed too")

@@ -21,12 +21,14 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localcluster import ca_leak
 from localcluster.binaries import REPO_ROOT, cache_dir
 from localcluster.errors import ClusterError
 
@@ -43,6 +45,7 @@ BASE_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", 
 BUILD_CA = "/run/phalanx-build-ca.pem"
 HOST_CA_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 COPY_RE = re.compile(r"^\s*(COPY|ADD)\s+(.*)$", re.IGNORECASE)
+STEP_RE = re.compile(r"^(\[\d+/\d+\] )?STEP \d+/\d+: ")  # buildah's, "[stage/stages] " in multi-stage builds
 SKIP_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
 
@@ -93,17 +96,38 @@ class Built:
         return f"{self.image.ref}: {self.size / 1e6:,.0f} MB, {how}"
 
 
-def _run(cmd: list[str], *, log: Log | None = None, timeout: float = 3600) -> str:
+def _run(cmd: list[str], *, progress: Log | None = None, timeout: float = 3600) -> str:
+    """Run a tool and return its stdout; with `progress`, each build step (buildah's `STEP n/m:` lines)
+    is passed on as it starts, with the seconds since the start, since a cold build takes minutes."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if progress else subprocess.PIPE,
+                                text=True)  # fmt: skip
     except FileNotFoundError as e:
         raise ClusterError(
             f"{cmd[0]} is not installed; it comes with dev/apt-packages.txt (.ci/run installs it)"
         ) from e
+    t0 = time.monotonic()
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        if progress is None:
+            out, err = proc.communicate()
+        else:
+            lines: list[str] = []
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if STEP_RE.search(line):
+                    progress(f"  +{time.monotonic() - t0:4.0f} s  {line.strip()[:110]}")
+            out, err = "".join(lines), ""
+            proc.wait()
+    finally:
+        killer.cancel()
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise ClusterError(f"`{shlex.join(cmd[:4])} ...` failed (exit {proc.returncode}):\n{tail}")
-    return proc.stdout
+        why = f"killed after {timeout:.0f} s" if proc.returncode == -9 else f"exit {proc.returncode}"
+        tail = "\n".join((err or out).strip().splitlines()[-15:])
+        raise ClusterError(f"`{shlex.join(cmd[:4])} ...` failed ({why}):\n{tail}")
+    return out
 
 
 def _sha(parts: Iterable[bytes]) -> str:
@@ -236,7 +260,7 @@ def host_ca_bundle() -> Path | None:
 
 
 def build_command(image: Image, base: str, key: str) -> list[str]:
-    cmd = ["buildah", "bud", "--quiet", "--isolation", "chroot", "--network", "host", "--pull-never", "--layers"]
+    cmd = ["buildah", "bud", "--isolation", "chroot", "--network", "host", "--pull-never", "--layers"]
     ca = host_ca_bundle()
     if ca is not None:
         cmd += ["-v", f"{ca}:{BUILD_CA}:ro", "--build-arg", f"PIP_CERT={BUILD_CA}"]
@@ -253,10 +277,23 @@ def build(image: Image, log: Log) -> Built:
     if _label(image.ref, INPUTS_LABEL) == key:
         return Built(image, image_id(image.ref) or "", image_size(image.ref), 0.0, cached=True)
     log(f"{image.ref}: building from {image.dockerfile.relative_to(REPO_ROOT)} (inputs {key[:12]})")
-    t0 = time.monotonic()
-    _run(build_command(image, base, key), timeout=3600)
-    seconds = time.monotonic() - t0
+    seconds = build_from(image, base, build_command(image, base, key), log)
     return Built(image, image_id(image.ref) or "", image_size(image.ref), seconds, cached=False)
+
+
+def build_from(image: Image, base: str, cmd: list[str], log: Log) -> float:
+    """Run the build; an image that holds the host's own CA is removed and refused. Returns seconds."""
+    t0 = time.monotonic()
+    _run(cmd, progress=log, timeout=3600)
+    seconds = time.monotonic() - t0
+    leaked = ca_leak.leaks(image.ref, host_ca_bundle(), base)
+    if leaked:
+        subprocess.run(["buildah", "rmi", "--force", image.ref], capture_output=True)
+        raise ClusterError(
+            f"{image.ref}: the host's own CA (not Debian's) is in the image, in {', '.join(leaked[:5])}; the"
+            f" image was removed. Only RUN steps may see it, through the build's bind mount at {BUILD_CA}."
+        )
+    return seconds
 
 
 def build_all(log: Log, *, accelerator: str = "cpu", only: Iterable[str] = ()) -> list[Built]:

@@ -392,6 +392,7 @@ def load_image(paths: Paths, ref: str, log: Log) -> bool:
         return False
     if imported_id(paths, ref) == image_id:
         return True
+    log(f"  loading image {ref} ({images.image_size(ref) / 1e9:.1f} GB) into the node: once per image, minutes")
     t0 = time.monotonic()
     tar = images.archive(ref)
     try:

@@ -36,6 +36,10 @@ NAMESPACE: Final = "PHALANX_NAMESPACE"
 FRAMEWORK: Final = "PHALANX_FRAMEWORK"  # pytorch | tensorflow
 STRATEGY: Final = "PHALANX_STRATEGY"  # ddp | multiWorkerMirrored | tpu
 ATTEMPT: Final = "PHALANX_ATTEMPT"  # 1 for the first gang, +1 per gang restart
+# runPolicy.restartMode InPlace: the file holding the pod's current attempt (its label, projected by the
+# downward API). When it differs from PHALANX_ATTEMPT, the operator moved the gang to a new attempt:
+# the trainer exits EXIT_RESTART_IN_PLACE and the kubelet restarts the pod's containers with it.
+ATTEMPT_FILE: Final = "PHALANX_ATTEMPT_FILE"
 REPLICA_INDEX: Final = "PHALANX_REPLICA_INDEX"  # the pod's index in the gang
 REPLICAS: Final = "PHALANX_REPLICAS"
 PROCS_PER_POD: Final = "PHALANX_PROCS_PER_POD"
@@ -63,6 +67,8 @@ EXIT_BAD_CONTRACT: Final = 2
 # The gang-wide preflight check failed in this pod (a peer does not resolve, the rendezvous or the
 # all-reduce did not complete): the operator restarts the gang off this pod's node.
 EXIT_PREFLIGHT_FAILED: Final = 3
+# The trainer left for an in-place gang restart it was asked for (ATTEMPT_FILE): not a failure.
+EXIT_RESTART_IN_PLACE: Final = 199
 
 
 def is_retryable_exit_code(code: int) -> bool:

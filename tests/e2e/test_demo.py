@@ -1,6 +1,11 @@
 """`make demo`'s story, run as the README's command runs it (python -m demo, its own cluster): a
 1-pod baseline, a rescale to 2, a SIGKILLed rank, a gang restart resuming from a checkpoint, and
-Succeeded with a measured efficiency; and a dead operator stops the demo with its last log lines."""
+Succeeded with a measured efficiency; and a dead operator stops the demo with its last log lines.
+
+The default demo runs in real containers on the real node (marker realnode: the trainer image is built
+by `make images`). The real node is one per machine, so that run starts its cluster before the
+realnode session's own (pytest runs tests/e2e before tests/realnode, and the session cluster starts
+with the first test that asks for it). NODE=process runs the same story on the process node."""
 
 from __future__ import annotations
 
@@ -16,17 +21,18 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_demo(**env: str) -> subprocess.CompletedProcess[str]:
+def run_demo(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     path = os.pathsep.join(str(REPO / d) for d in ("dev", "operator", "trainers", "."))
     return subprocess.run(
-        [sys.executable, "-m", "demo"],
+        [sys.executable, "-m", "demo", *args],
         env={**os.environ, "PYTHONPATH": path, **env},
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
 
-def test_demo_tells_the_story() -> None:
-    res = run_demo()
+@pytest.mark.parametrize("node", [pytest.param("real", marks=pytest.mark.realnode), "process"])
+def test_demo_tells_the_story(node: str) -> None:
+    res = run_demo(*(["--node", node] if node != "real" else []))  # real: the default, as `make demo` runs
     out = res.stdout
     assert res.returncode == 0, out[-3000:] + res.stderr[-2000:]
     steps = [int(m) for m in re.findall(r"\] ([1-5])/5 ", out)]
@@ -51,7 +57,7 @@ def test_demo_tells_the_story() -> None:
 
 def test_demo_stops_at_once_when_the_operator_dies() -> None:
     # A bad operator setting: the operator exits 2 at start with one line naming it.
-    res = run_demo(PHALANX_WORKERS="0")
+    res = run_demo("--node", "process", PHALANX_WORKERS="0")  # the operator's exit, whatever the node
     assert res.returncode == 1
     assert "the operator exited with code 2" in res.stdout, res.stdout
     assert "phalanx operator: bad setting: PHALANX_WORKERS=0 is outside 1..1024" in res.stdout, res.stdout

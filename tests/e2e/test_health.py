@@ -21,7 +21,7 @@ import yaml
 from localcluster.testing import Kubectl
 from phalanx.core.observe import parse_time
 from procnode.testing import NodeProcess
-from tests.e2e.test_training import (
+from tests.e2e.training import (
     JOB_TIMEOUT,
     committed_steps,
     job_events,

@@ -18,7 +18,7 @@ from kubernetes import client
 from localcluster.testing import Kubectl
 from procnode.testing import NodeProcess
 from tests.e2e.conftest import claim, e2e_operator, procnode  # noqa: F401  (fixtures)
-from tests.e2e.test_training import JOB_TIMEOUT, committed_steps, kubectl_apply, training_job, wait_for
+from tests.e2e.training import JOB_TIMEOUT, committed_steps, kubectl_apply, training_job, wait_for
 from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
 from tests.plugins.operator import JobClient, OperatorProcess
 from tests.scheduling.conftest import priority_classes  # noqa: F401  (a fixture)

@@ -99,31 +99,40 @@ def phalanx_release(node: RealNode, kubeconfig: Path, core_v1: client.CoreV1Api)
         helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", kubeconfig=kubeconfig, check=False)
 
 
+def new_claim(kubectl: Kubectl, root: Path, hint: str) -> tuple[str, Path, str]:
+    """(name, host dir, PV): a fresh PVC in JOBS_NAMESPACE bound to a hostPath PV of a new dir under
+    `root` that the images' user can reach and write."""
+    name = f"{hint}-{secrets.token_hex(3)}"
+    path = root / f"claim-{name}"
+    path.mkdir(parents=True)
+    for p in path.parents:  # the containers' user must reach the dir ...
+        if p == Path("/"):
+            break
+        p.chmod(p.stat().st_mode | 0o711)
+    path.chmod(0o777)  # ... and write in it
+    return name, path, make_claim(kubectl, JOBS_NAMESPACE, name, path)
+
+
+def drop_claim(kubectl: Kubectl, pv: str) -> None:
+    kubectl("delete", "pvc", "-n", JOBS_NAMESPACE, pv.removeprefix(f"{JOBS_NAMESPACE}-"), "--wait=false", check=False)
+    kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
 @pytest.fixture
 def claim(kubectl: Kubectl, tmp_path: Path) -> Iterator[Callable[[str], tuple[str, Path]]]:
-    """claim(hint) -> (name, host dir): a fresh PVC in JOBS_NAMESPACE bound to a hostPath PV of a new dir
-    the images' user can write. TrainingJobs left in the namespace are deleted after the test."""
+    """claim(hint) -> (name, host dir): a fresh PVC (new_claim). TrainingJobs left in the namespace are
+    deleted after the test."""
     pvs: list[str] = []
 
     def make(hint: str) -> tuple[str, Path]:
-        name = f"{hint}-{secrets.token_hex(3)}"
-        path = tmp_path / f"claim-{name}"
-        path.mkdir(parents=True)
-        for p in path.parents:  # the containers' user must reach the dir ...
-            if p == Path("/"):
-                break
-            p.chmod(p.stat().st_mode | 0o711)
-        path.chmod(0o777)  # ... and write in it
-        pvs.append(make_claim(kubectl, JOBS_NAMESPACE, name, path))
+        name, path, pv = new_claim(kubectl, tmp_path, hint)
+        pvs.append(pv)
         return name, path
 
     yield make
     kubectl("delete", "tj", "--all", "-n", JOBS_NAMESPACE, "--wait=false", check=False)
     for pv in pvs:
-        kubectl(
-            "delete", "pvc", "-n", JOBS_NAMESPACE, pv.removeprefix(f"{JOBS_NAMESPACE}-"), "--wait=false", check=False
-        )
-        kubectl("delete", "pv", pv, "--wait=false", check=False)
+        drop_claim(kubectl, pv)
 
 
 def pod_logs(kubectl: Kubectl, namespace: str, pod: str, container: str = "trainer") -> str:

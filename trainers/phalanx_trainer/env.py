@@ -124,6 +124,7 @@ class JobEnv:
     checkpoint_interval_seconds: float | None
     metrics_port: int | None  # None: do not serve metrics
     preflight: PreflightEnv | None = None  # None: no preflight check
+    attempt_file: Path | None = None  # restartMode InPlace: the pod's current attempt (inplace.py)
 
     @property
     def is_restart(self) -> bool:
@@ -167,6 +168,7 @@ def read_job_env(environ: Environ | None = None) -> JobEnv:
         checkpoint_interval_seconds=_opt_float(env, contract.CHECKPOINT_INTERVAL_SECONDS, minimum=0.0) or None,
         metrics_port=_port(env, contract.METRICS_PORT),
         preflight=read_preflight_env(env),
+        attempt_file=Path(f) if (f := get_str(env, contract.ATTEMPT_FILE)) else None,
     )
 
 

@@ -73,6 +73,11 @@ class CleanPodPolicy(StrEnum):
     NONE = "None"
 
 
+class RestartMode(StrEnum):
+    RECREATE = "Recreate"
+    IN_PLACE = "InPlace"
+
+
 class RetainPolicy(StrEnum):
     RETAIN = "Retain"
     DELETE = "Delete"
@@ -211,6 +216,13 @@ class RunPolicy(Model):
     """How long a node under a running pod may be NotReady (Ready False or Unknown, counted from the
     condition's lastTransitionTime) before its pods count as lost: they are force-deleted and the gang
     restarts as NodeLost. A deleted node is lost at once."""
+    restart_mode: RestartMode = RestartMode.RECREATE
+    """How a failure restart (GangRestart) restarts the gang. Recreate: every pod is deleted and created
+    anew. InPlace: every container of every pod restarts where it runs, keeping the pods, their names,
+    nodes and addresses (Kubernetes 1.36 RestartAllContainers; nodes must declare the feature
+    RestartAllContainersOnContainerExits). The trainers see the new attempt; a pod that cannot restart in
+    place (ended, on a lost node, or not restarted within 30 s) is recreated. Other restarts (rescale,
+    Hung, node loss, preemption) always recreate (docs/design.md, In-place gang restart)."""
 
 
 class StragglerPolicy(Model):

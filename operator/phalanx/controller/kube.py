@@ -104,6 +104,18 @@ class Kube:
             if exc.status not in (404, 409):
                 raise
 
+    async def relabel_pod(self, namespace: str, name: str, uid: str, labels: dict[str, str]) -> None:
+        """Set labels on the pod of this UID only (a JSON patch whose `test` op is the precondition)."""
+        patch: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        patch += [{"op": "add", "path": "/metadata/labels/" + k.replace("~", "~0").replace("/", "~1"), "value": v}
+                  for k, v in labels.items()]  # fmt: skip
+        try:
+            await self._run(WRITE, self.core.patch_namespaced_pod, name, namespace, patch)
+        except ApiException as exc:
+            # 404: gone; 422: the test failed, the name is another pod's now. Both: nothing to move.
+            if exc.status not in (404, 422):
+                raise
+
     async def node_exists(self, name: str) -> bool:
         """Whether the node exists, asked of the apiserver: the node cache may lag the pod cache."""
         try:

@@ -22,6 +22,7 @@ from phalanx.controller.kueue import KueueAdmission
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
+from phalanx.core import names
 from phalanx.core.gang import Gang
 from phalanx.core.lease import LeaseSettings
 from phalanx.core.model import JobView, Plan, PodView
@@ -388,10 +389,12 @@ class Operator:
         # Events only after the status write succeeded, so they never announce what did not happen.
         for e in plan.events:
             self._post(ref, e.type, e.reason, e.message)
-        if plan.delete_pods or plan.force_delete_pods:
+        if plan.delete_pods or plan.force_delete_pods or plan.relabel_pods:
+            attempt = {names.LABEL_ATTEMPT: str(plan.status.attempt)}  # restartMode InPlace (core/inplace.py)
             await asyncio.gather(
                 *(self.kube.delete_pod(ns, p.name, p.uid) for p in plan.delete_pods),
                 *(self.kube.delete_pod(ns, p.name, p.uid, grace_seconds=0) for p in plan.force_delete_pods),
+                *(self.kube.relabel_pod(ns, p.name, p.uid, attempt) for p in plan.relabel_pods),
             )
         if plan.create:
             wait = self.refused.wait_left(key, job.generation)

@@ -58,6 +58,9 @@ class PodView:
     # (resource, device ID, health) of each device the kubelet allocated to the pod's containers
     # (status.containerStatuses[].allocatedResourcesStatus): health is Healthy, Unhealthy or Unknown.
     devices: tuple[tuple[str, str, str], ...] = ()
+    # When the trainer container's current run began (state.running or state.terminated startedAt):
+    # restartMode InPlace tells the runs of the current attempt from the old gang's by it.
+    started_at: str | None = None
 
 
 class PodRef(NamedTuple):
@@ -89,6 +92,9 @@ class Plan:
     # Pods on a lost node: deleted at once (grace 0), since no kubelet is left to finish a graceful
     # delete (core/nodeloss.py).
     force_delete_pods: list[PodRef] = field(default_factory=list)
+    # restartMode InPlace: pods moved to the status's attempt (their attempt label), after the status
+    # write; their containers then restart where they run (core/inplace.py).
+    relabel_pods: list[PodRef] = field(default_factory=list)
     delete_job: bool = False
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None

@@ -19,6 +19,8 @@ ROLE_WORKER: Final = "worker"
 TRAINER_CONTAINER: Final = "trainer"
 SHM_VOLUME: Final = "dshm"
 CHECKPOINT_VOLUME: Final = "checkpoints"
+POD_INFO_VOLUME: Final = "phalanx-pod-info"  # restartMode InPlace: the attempt label, as a file
+POD_INFO_DIR: Final = "/etc/phalanx/pod"
 DNS_LABEL_MAX: Final = 63
 
 

@@ -101,6 +101,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         ip=status.get("podIP"),
         finished_at=(terminated or {}).get("finishedAt"),
         devices=devices_of(status),
+        started_at=(state.get("running") or terminated or {}).get("startedAt"),
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from phalanx import contract
 from phalanx.adapters import adapter_for
 from phalanx.adapters.base import env_var
-from phalanx.api.models import API_VERSION, KIND
+from phalanx.api.models import API_VERSION, KIND, RestartMode
 from phalanx.core import names
 from phalanx.core.gang import Gang
 from phalanx.core.model import Manifest
@@ -197,6 +197,28 @@ def _volumes(gang: Gang, pod_spec: dict[str, Any], container: dict[str, Any]) ->
         mounts.append({"name": names.CHECKPOINT_VOLUME, "mountPath": ckpt.path})
 
 
+def _in_place(pod_spec: dict[str, Any], container: dict[str, Any]) -> None:
+    """runPolicy.restartMode InPlace. Any failed exit of the trainer restarts every container of the pod
+    where it runs (the kubelet's RestartAllContainers), so a failing rank never ends its pod; the operator
+    then moves the gang to a new attempt or fails the job. The attempt comes from the pod's label, in the
+    env (resolved again at each container start) and in a file, which the trainer watches to leave when
+    the gang moves on (contract.ATTEMPT_FILE)."""
+    container["restartPolicy"] = "Never"
+    container["restartPolicyRules"] = [
+        {"action": "RestartAllContainers", "exitCodes": {"operator": "NotIn", "values": [0]}}
+    ]
+    label = {"fieldRef": {"fieldPath": f"metadata.labels['{names.LABEL_ATTEMPT}']"}}
+    container["env"] = [
+        {"name": contract.ATTEMPT, "valueFrom": label} if e["name"] == contract.ATTEMPT else e for e in container["env"]
+    ]
+    container["env"].append(env_var(contract.ATTEMPT_FILE, f"{names.POD_INFO_DIR}/attempt"))
+    pod_spec.setdefault("volumes", []).append(
+        {"name": names.POD_INFO_VOLUME, "downwardAPI": {"items": [{"path": "attempt", **label}]}}
+    )
+    mount = {"name": names.POD_INFO_VOLUME, "mountPath": names.POD_INFO_DIR, "readOnly": True}
+    container.setdefault("volumeMounts", []).append(mount)
+
+
 def build_pod(gang: Gang, index: int) -> Manifest:
     spec = gang.spec
     template = spec.template.model_dump(by_alias=True, exclude_none=True)
@@ -230,6 +252,8 @@ def build_pod(gang: Gang, index: int) -> Manifest:
     _restricted_defaults(pod_spec)
     _placement(gang, pod_spec, container)
     _volumes(gang, pod_spec, container)
+    if spec.run_policy.restart_mode is RestartMode.IN_PLACE:
+        _in_place(pod_spec, container)
     pod_spec["restartPolicy"] = "Never"  # the operator restarts whole gangs, never single ranks
     pod_spec["hostname"] = names.hostname(gang.job, index)
     pod_spec["subdomain"] = names.service_name(gang.job)

@@ -19,13 +19,14 @@ from phalanx.api.models import (
     CleanPodPolicy,
     LostTime,
     PreflightStatus,
+    RestartMode,
     RestartOn,
     RunPolicy,
     TrainingJobSpec,
     TrainingJobStatus,
 )
 from phalanx.core import conditions as cond
-from phalanx.core import health, names, storage
+from phalanx.core import health, inplace, names, storage
 from phalanx.core import telemetry as tm
 from phalanx.core.failure import describe, is_failure, retryable
 from phalanx.core.gang import Gang
@@ -75,6 +76,12 @@ class _Step:
 
     def delete(self, pods: Sequence[PodView]) -> None:
         self.plan.delete_pods += [PodRef(p.name, p.uid) for p in pods if not p.terminating and p.name not in self.lost]
+
+    def move_in_place(self, spec: TrainingJobSpec, pods: Sequence[PodView]) -> None:
+        """The gang's pods join the status's attempt where they run; those that cannot are deleted."""
+        keep = [p for p in pods if inplace.restartable(p, spec, self.lost)]
+        self.plan.relabel_pods += [PodRef(p.name, p.uid) for p in keep]
+        self.delete([p for p in pods if p not in keep])
 
     def fail(self, reason: str, message: str, pods: Sequence[PodView]) -> Plan:
         self.condition(cond.FAILED, True, reason, message)
@@ -215,9 +222,24 @@ def _new_attempt(step: _Step, current: Sequence[PodView], reason: str, message: 
     step.condition(cond.RESTARTING, True, reason, message)
     step.condition(cond.RUNNING, False, reason, message)
     step.condition(cond.STRAGGLER, False, "NewAttempt", "the ranks are judged afresh in the new attempt")
-    step.delete(current)
+    spec = step.job.spec
+    if spec is not None and _in_place(spec, step.status):
+        step.move_in_place(spec, current)
+    else:
+        step.delete(current)
     step.plan.requeue(1)
     return step.done()
+
+
+def _in_place(spec: TrainingJobSpec, status: TrainingJobStatus) -> bool:
+    """The current attempt restarts in place: a failure restart (only that) of an InPlace job."""
+    restarting = cond.get(status, cond.RESTARTING)
+    return (
+        spec.run_policy.restart_mode is RestartMode.IN_PLACE
+        and restarting is not None
+        and restarting.status == "True"
+        and restarting.reason == inplace.GANG_RESTART
+    )
 
 
 def _restart(
@@ -442,8 +464,12 @@ def reconcile(
         step.plan.requeue(left)
 
     if stale:
-        # The gang barrier: no rank of the new attempt starts while any rank of an old one lives.
-        step.delete(stale)
+        # The gang barrier: no rank of the new attempt starts while any rank of an old one lives (in
+        # place, the old ranks become the new attempt's: their trainers restart with it).
+        if _in_place(spec, s):
+            step.move_in_place(spec, stale)
+        else:
+            step.delete(stale)
         step.plan.requeue(2)
         return step.done()
 
@@ -475,10 +501,10 @@ def reconcile(
     # Judge the gang by the failure that came first: when one rank is killed, its peers often crash
     # on the broken collective (exit 1) a moment later. finishedAt has one-second resolution, so
     # within the same second a retryable cause is taken to be the first one.
-    failures = sorted(
-        (p for p in current if is_failure(p)),
-        key=lambda p: (p.finished_at or "~", not retryable(p, policy.restart_on), p.index),
-    )
+    failed = [p for p in current if is_failure(p)]
+    if policy.restart_mode is RestartMode.IN_PLACE:  # failures the kubelet restarted in place
+        failed += [f for p in current if not is_failure(p) and (f := inplace.failed_run(p, s.attempt_start_time))]
+    failures = sorted(failed, key=lambda p: (p.finished_at or "~", not retryable(p, policy.restart_on), p.index))
     if failures:
         first = failures[0]
         what = describe(first)
@@ -505,6 +531,16 @@ def reconcile(
             f"replicas {old} -> {spec.replicas}: pods get their grace period to checkpoint, then the gang "
             f"restarts at world size {spec.world_size()} as attempt {s.attempt + 1}",
         )
+
+    if policy.restart_mode is RestartMode.IN_PLACE:
+        overdue, due = inplace.still_old(current, s.attempt_start_time, now)
+        if overdue:
+            # Not counted again: the failure that asked for this restart was counted once.
+            return _new_attempt(step, current, inplace.TIMEOUT, ", ".join(p.name for p in overdue)
+                + f" did not restart in place within {inplace.RESTART_TIMEOUT_SECONDS:g}s; recreating all "
+                f"{spec.replicas} pods as attempt {s.attempt + 1}")  # fmt: skip
+        if due is not None:
+            step.plan.requeue(due)
 
     verdict = _health(step, spec, current, pods, telemetry, unhealthy_nodes or {})
     if verdict is not None:
@@ -595,6 +631,8 @@ def _admission(
 def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView], refusal: CreateRefusal | None) -> None:
     s, now = step.status, step.now
     running = len(current) >= spec.replicas and all(p.phase == "Running" for p in current)
+    if running and spec.run_policy.restart_mode is RestartMode.IN_PLACE:
+        running = all(inplace.runs_attempt(p, s.attempt_start_time) for p in current)  # not the old trainers
     if running:
         if s.start_time is None:
             s.start_time = format_time(now)

@@ -28,6 +28,7 @@ from phalanx import contract
 from phalanx_trainer.checkpoint.store import Store, open_store
 from phalanx_trainer.env import JobEnv, TorchEnv, read_job_env, read_torch_env
 from phalanx_trainer.errors import ContractError, Preempted, PreflightFailed
+from phalanx_trainer.inplace import watch_attempt
 from phalanx_trainer.metrics import TrainerMetrics
 from phalanx_trainer.preemption import PreemptionWatcher
 from phalanx_trainer.pytorch.preflight import Preflight
@@ -119,6 +120,7 @@ def init_distributed(
 
     # Watch SIGTERM before the (possibly long) rendezvous so an early termination is not lost.
     preemption = PreemptionWatcher().install()
+    watch_attempt(job)  # restartMode InPlace: leave when the gang moves to a new attempt
     metrics = TrainerMetrics(enabled=local_rank == 0, local_world_size=torch_env.nproc_per_node)
     metrics.set_identity(
         world_size=torch_env.world_size,

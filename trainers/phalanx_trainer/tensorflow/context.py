@@ -18,6 +18,7 @@ from phalanx import contract
 from phalanx_trainer.checkpoint.store import Checkpoint, Store, open_store
 from phalanx_trainer.env import JobEnv, TfEnv, read_job_env, read_tf_env
 from phalanx_trainer.errors import ContractError, RuntimeConfigError
+from phalanx_trainer.inplace import watch_attempt
 from phalanx_trainer.metrics import TrainerMetrics
 from phalanx_trainer.preemption import PreemptionWatcher
 from phalanx_trainer.tensorflow.keras_compat import KERAS3_MWMS_PROBLEM, keras_is_legacy
@@ -124,6 +125,7 @@ def init_tensorflow(
         tf.config.threading.set_inter_op_parallelism_threads(max(2, intra_op_threads))
     if tf_env.num_workers > 1 and not keras_is_legacy():
         print(f"phalanx_trainer: warning: tf.keras is Keras 3. {KERAS3_MWMS_PROBLEM}", file=sys.stderr, flush=True)
+    watch_attempt(job)  # restartMode InPlace: leave when the gang moves to a new attempt
     metrics = TrainerMetrics(enabled=True, local_world_size=1)
     metrics.set_identity(world_size=tf_env.num_workers, rank=tf_env.worker_rank, attempt=job.attempt, procs_per_pod=1)
     if serve_metrics and job.metrics_port is not None:
