@@ -145,3 +145,10 @@ def test_a_trainer_that_does_not_restart_in_time_gets_the_gang_recreated_without
     # The next attempt is recreated: its stale pods are deleted, not moved.
     plan = reconcile(job(spec(**IN_PLACE), plan.status), pods, True, late)
     assert plan.relabel_pods == [] and sorted(plan.delete_pods) == refs(0, 1, attempt=2)
+
+
+def test_a_job_kueue_queues_always_recreates() -> None:
+    queued = spec(runPolicy={"restartMode": "InPlace"}, scheduling={"queueName": "team-a"})
+    status = TrainingJobStatus(attempt=1, attempt_start_time=STARTED)
+    plan = reconcile(job(queued, status), [pod(0, started_at=STARTED), killed(1)], True, LATER)
+    assert plan.status.attempt == 2 and plan.relabel_pods == [] and sorted(plan.delete_pods) == refs(0, 1)

@@ -223,3 +223,18 @@ def test_event_names_the_step_a_restarted_gang_resumed_from_once() -> None:
     stale = JobTelemetry(attempt=1, replicas=2, pods_reporting=2, observed_at=T0, resumed_from_step=50)
     fresh = reconcile(job(spec(), running.status), [pod(0, attempt=2), pod(1, attempt=2)], True, T0, telemetry=stale)
     assert fresh.status.resumed_from_step is None  # another attempt's numbers never count
+
+
+def test_a_program_error_waits_a_moment_for_the_rank_whose_loss_caused_it() -> None:
+    """The peer's exit 1 on the broken collective can be reported before the SIGKILLed rank's 137."""
+    crashed = pod(1, phase="Failed", exit_code=1, reason="Error", finished_at="2026-01-01T00:00:00Z")
+    early = reconcile(job(spec(), TrainingJobStatus(attempt=1)), [pod(0), crashed], True, T0 + timedelta(seconds=1))
+    assert cond.get(early.status, cond.FAILED) is None and early.delete_pods == []
+    assert early.requeue_after is not None and early.requeue_after <= 2
+    killed = pod(0, phase="Failed", exit_code=137, reason="Error", finished_at="2026-01-01T00:00:00Z")
+    then = reconcile(job(spec(), TrainingJobStatus(attempt=1)), [killed, crashed], True, T0 + timedelta(seconds=1))
+    assert then.status.attempt == 2 and cond.get(then.status, cond.FAILED) is None
+    # Nobody else reports: after the moment, the program error fails the job.
+    late = reconcile(job(spec(), TrainingJobStatus(attempt=1)), [pod(0), crashed], True, T0 + timedelta(seconds=4))
+    failed = cond.get(late.status, cond.FAILED)
+    assert failed is not None and failed.reason == "PodFailed"

@@ -11,6 +11,7 @@ PHALANX_* value that is present and garbled is still an error rather than silent
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -131,6 +132,18 @@ class JobEnv:
         return self.attempt > 1
 
 
+def _attempt(env: Environ) -> int:
+    """PHALANX_ATTEMPT, or the newer attempt of ATTEMPT_FILE (restartMode InPlace): the kubelet resolves
+    the env from its copy of the pod, which can lag the label the operator just moved by a moment; the
+    file it keeps up to date, and a run that started in that moment belongs to the new attempt."""
+    attempt = _opt_int(env, contract.ATTEMPT, minimum=1) or 1
+    path = get_str(env, contract.ATTEMPT_FILE)
+    if path:
+        with contextlib.suppress(OSError, ValueError):
+            attempt = max(attempt, int(Path(path).read_text().strip()))
+    return attempt
+
+
 def read_job_env(environ: Environ | None = None) -> JobEnv:
     env = os.environ if environ is None else environ
     checkpoint_dir = get_str(env, contract.CHECKPOINT_DIR)
@@ -159,7 +172,7 @@ def read_job_env(environ: Environ | None = None) -> JobEnv:
         raise ContractError(contract.CHECKPOINT_DIR, f"must be an absolute path, got {str(path)!r}")
     return JobEnv(
         job_name=get_str(env, contract.JOB_NAME) or "local",
-        attempt=_opt_int(env, contract.ATTEMPT, minimum=1) or 1,
+        attempt=_attempt(env),
         replica_index=_opt_int(env, contract.REPLICA_INDEX, minimum=0) or 0,
         procs_per_pod=_opt_int(env, contract.PROCS_PER_POD, minimum=1) or 1,
         checkpoint_dir=path,

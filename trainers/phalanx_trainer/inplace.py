@@ -20,6 +20,7 @@ from phalanx import contract
 from phalanx_trainer.env import JobEnv
 
 POLL_SECONDS = 0.25  # the kubelet rewrites the file within about a second of the label change
+_watching = False  # one watcher per process: the examples start it before importing torch, init_distributed too
 
 
 def current_attempt(path: Path) -> int | None:
@@ -36,9 +37,11 @@ def watch_attempt(
     """Start a daemon thread that exits the process when the pod moves to another attempt; None when the
     job does not restart in place (no ATTEMPT_FILE). `exit` is os._exit: the training loop may be blocked
     in a collective whose peer is gone, where no exception or signal handler would run."""
+    global _watching
     path = job.attempt_file
-    if path is None:
+    if path is None or _watching:
         return None
+    _watching = True
 
     def run() -> None:
         while True:

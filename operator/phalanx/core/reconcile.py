@@ -232,10 +232,12 @@ def _new_attempt(step: _Step, current: Sequence[PodView], reason: str, message: 
 
 
 def _in_place(spec: TrainingJobSpec, status: TrainingJobStatus) -> bool:
-    """The current attempt restarts in place: a failure restart (only that) of an InPlace job."""
+    """The current attempt restarts in place: a failure restart (only that) of an InPlace job that Kueue
+    does not queue (each attempt there is a Workload of its own that Kueue admits before pods may run)."""
     restarting = cond.get(status, cond.RESTARTING)
     return (
         spec.run_policy.restart_mode is RestartMode.IN_PLACE
+        and not spec.scheduling.queue_name
         and restarting is not None
         and restarting.status == "True"
         and restarting.reason == inplace.GANG_RESTART
@@ -301,6 +303,21 @@ def _evicted(
         f"{what}; {grace}; attempt {s.attempt + 1} resumes from the newest checkpoint once Kueue admits it "
         f"again (not counted against backoffLimit: {s.restarts} of {spec.run_policy.backoff_limit} restarts used)",
     )
+
+
+# How long a program error waits for the rest of its gang to report before it fails the job: a rank
+# that is lost (SIGKILL, OOM) and the peer that crashes on the broken collective a moment later can be
+# reported in either order, and the peer's exit 1 must not be judged alone.
+SETTLE_SECONDS = 3.0
+
+
+def _settling(first: PodView, current: Sequence[PodView], failed: Sequence[PodView], now: datetime) -> float:
+    """Seconds to wait before judging `first`, a program error, while other ranks still run."""
+    finished = parse_time(first.finished_at)
+    down = {p.name for p in failed}
+    if finished is None or not any(p.phase == "Running" and p.name not in down for p in current):
+        return 0.0
+    return seconds_left(finished, SETTLE_SECONDS, now)
 
 
 def _cause_line(message: str | None) -> str:
@@ -515,6 +532,10 @@ def reconcile(
                 return step.fail(health.PREFLIGHT_FAILED, f"{what}; not restarted under restartOn=never", pods)
             return _restart(step, spec, current, pods, health.PREFLIGHT_FAILED, what, avoid=first.node)
         if policy.restart_on is RestartOn.NEVER or not retryable(first, policy.restart_on):
+            settle = 0.0 if policy.restart_on is RestartOn.NEVER else _settling(first, current, failed, now)
+            if settle > 0:
+                step.plan.requeue(settle)
+                return step.done()
             return step.fail("PodFailed", f"{what}; not retryable under restartOn={policy.restart_on.value}", pods)
         return _restart(step, spec, current, pods, "GangRestart", what)
 

@@ -19,6 +19,7 @@ from typing import Any
 from phalanx import contract
 from phalanx_trainer.cli import run_main
 from phalanx_trainer.env import TorchEnv, read_job_env, read_torch_env
+from phalanx_trainer.inplace import watch_attempt
 
 PROG = "phalanx_trainer.examples.pytorch_ddp"
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.standalone:
         _standalone_env()
     # Validate the whole contract before importing torch: a bad env fails in milliseconds.
-    read_job_env()
+    watch_attempt(read_job_env())  # restartMode InPlace: a run of an old attempt leaves at once
     torch_env = read_torch_env()
     from phalanx_trainer.pytorch import run_per_process
 

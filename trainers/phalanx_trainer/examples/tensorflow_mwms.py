@@ -19,6 +19,7 @@ from typing import Any
 from phalanx import contract
 from phalanx_trainer.cli import run_main
 from phalanx_trainer.env import read_job_env, read_tf_env
+from phalanx_trainer.inplace import watch_attempt
 
 PROG = "phalanx_trainer.examples.tensorflow_mwms"
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.standalone:
         _standalone_env()
     # Validate the contract before importing TensorFlow (seconds): a bad env fails at once.
-    read_job_env()
+    watch_attempt(read_job_env())  # restartMode InPlace: a run of an old attempt leaves at once
     read_tf_env()
     from phalanx_trainer.tensorflow.keras_compat import use_legacy_keras
 
