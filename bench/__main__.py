@@ -2,7 +2,8 @@
 
 Scenarios: start, throughput, sustained, recovery, nodeloss, footprint (default: all, in that order;
 nodeloss runs phalanx only). The
-benchmarks of other areas can be run by name too (trainer_overhead, scheduling, operator_metrics, failover):
+benchmarks of other areas can be run by name too (trainer_overhead, scheduling, operator_metrics, failover,
+inplace):
 they are handed the remaining arguments as `python -m bench.NAME ...`.
 """
 
@@ -26,7 +27,7 @@ from bench import REPO, kube, kubeflow, procstat, report, scenarios
 from bench.subjects import SUBJECTS, Phalanx, Subject
 
 OURS = ("start", "throughput", "sustained", "recovery", "nodeloss", "footprint")
-OTHERS = ("trainer_overhead", "scheduling", "operator_metrics", "failover")
+OTHERS = ("trainer_overhead", "scheduling", "operator_metrics", "failover", "inplace")
 LOWER = False  # for rows where a higher number is better
 
 
