@@ -5,12 +5,14 @@ The pods carry the rule RestartAllContainers for any failed exit of the trainer 
 rank that fails does not end its pod: the kubelet restarts every container of it. The failure is seen
 only while it does (about two seconds measured: the trainer's state.terminated, with the pod still
 Running); afterwards every container's lastState reads "RestartingAllContainers", exit 137, whatever
-the cause. A failure that no operator saw in that window is not counted: its rank rejoins the same
-attempt, whose peers restart the same way, and the gang resumes from its checkpoint by itself. The reconcile then records a new attempt and moves the gang's
-pods to it by their attempt label; each trainer sees the label change (contract.ATTEMPT_FILE), exits
-EXIT_RESTART_IN_PLACE, and the kubelet starts it again with the new attempt in its env. A pod that
-cannot do that (ended, deleted, on a lost node, another gang size) is recreated instead; when one
-has not restarted in time, the whole gang is recreated as a further attempt.
+the cause. The reconcile then records a new attempt and moves the gang's pods to it by their attempt
+label; each trainer sees the label change (contract.ATTEMPT_FILE), exits EXIT_RESTART_IN_PLACE, and
+the kubelet starts it again with the new attempt in its env. A pod that cannot do that (ended,
+deleted, on a lost node, another gang size) is recreated instead; when one has not restarted in time,
+the whole gang is recreated as a further attempt.
+
+A failure that no operator saw in its window is not counted: its rank rejoins the same attempt, whose
+peers restart the same way, and the gang resumes from its checkpoint by itself.
 """
 
 from __future__ import annotations
