@@ -238,3 +238,12 @@ def test_a_program_error_waits_a_moment_for_the_rank_whose_loss_caused_it() -> N
     late = reconcile(job(spec(), TrainingJobStatus(attempt=1)), [pod(0), crashed], True, T0 + timedelta(seconds=4))
     failed = cond.get(late.status, cond.FAILED)
     assert failed is not None and failed.reason == "PodFailed"
+
+
+def test_startup_deadline_posts_its_events_once() -> None:
+    s = spec(runPolicy={"startupDeadlineSeconds": 60})
+    pods = [pod(0), pod(1, phase="Pending", waiting_reason="ImagePullBackOff", message="pull access denied")]
+    first = reconcile(job(s, TrainingJobStatus(attempt=1)), pods, True, T0)
+    later = reconcile(job(s, first.status), pods, True, T0 + timedelta(seconds=61))
+    # The Failed transition's Warning, once (it was posted twice: fail() ended the step, done() ran again).
+    assert [(e.type, e.reason) for e in later.events] == [("Warning", "ImagePullBackOff")], later.events

@@ -595,7 +595,9 @@ def reconcile(
             cond.REPLICA_FAILURE, False, "PodsCreated", f"all {spec.replicas} pods of attempt {s.attempt} exist"
         )
     _admission(step, gang, current, missing, admission, refusal)
-    _running(step, spec, current, refusal if missing else None)
+    ended = _running(step, spec, current, refusal if missing else None)
+    if ended is not None:
+        return ended  # the startup deadline failed the job: its plan is done, with its Events once
     # Telemetry seam (core/telemetry.py): while the gang runs, fold the trainers' latest numbers into
     # status.throughput and status.lastCheckpoint. Only a material change alters them (values are
     # rounded and compared with thresholds), so a scrape alone never costs a status write.
@@ -649,7 +651,10 @@ def _admission(
         step.condition(cond.ADMITTED, False, reason, message)
 
 
-def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView], refusal: CreateRefusal | None) -> None:
+def _running(
+    step: _Step, spec: TrainingJobSpec, current: Sequence[PodView], refusal: CreateRefusal | None
+) -> Plan | None:
+    """The Running condition; the job's failed plan if the startup deadline has passed."""
     s, now = step.status, step.now
     running = len(current) >= spec.replicas and all(p.phase == "Running" for p in current)
     if running and spec.run_policy.restart_mode is RestartMode.IN_PLACE:
@@ -671,9 +676,9 @@ def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView], ref
                 gap = max((now - since).total_seconds(), 0.0)
                 s.lost_time = lost.model_copy(update={"restart_seconds": round(lost.restart_seconds + gap, 1)})
             step.condition(cond.RESTARTING, False, "GangRunning", f"attempt {s.attempt} is running")
-        return
+        return None
     if any(p.phase == "Running" for p in current) and any(p.phase == "Succeeded" for p in current):
-        return  # ranks are finishing one by one; keep Running as it was
+        return None  # ranks are finishing one by one; keep Running as it was
     cause = (refusal.reason, refusal.message) if refusal else _waiting_cause(current)
     reason, message = cause or (
         "Starting",
@@ -694,10 +699,10 @@ def _running(step: _Step, spec: TrainingJobSpec, current: Sequence[PodView], ref
     if limit and since:
         left = seconds_left(since, limit, now)
         if left <= 0:
-            step.fail(
+            return step.fail(
                 cause[0] if cause else "StartupDeadlineExceeded",
                 f"pods not running after startupDeadlineSeconds={limit}: {message}",
                 current,
             )
-        else:
-            step.plan.requeue(left)
+        step.plan.requeue(left)
+    return None
