@@ -44,7 +44,7 @@ class FakeKube:
             raise self.status_error
         self.statuses.append(status)
         body = self.op.indices["job_index"][KEY][0]
-        new_rv = str(int(body["metadata"]["resourceVersion"]) + 1)
+        new_rv = f"{body['metadata']['resourceVersion']}.{len(self.statuses)}"  # opaque, as the API's are
         meta = {**body["metadata"], "resourceVersion": new_rv}
         self.op.indices["job_index"][KEY] = [{**body, "status": {**body["status"], **status}, "metadata": meta}]
         return new_rv
@@ -138,3 +138,21 @@ def test_a_job_deleted_while_it_is_reconciled_is_no_failed_reconcile() -> None:
     kube.status_error = Gone("ns/j")
     asyncio.run(op.reconcile(KEY))
     assert op.errors.get(KEY) is None and kube.created == [] and kube.events == []
+
+
+def test_a_job_still_cached_at_the_version_our_write_replaced_is_not_acted_on() -> None:
+    op, kube = operator()
+    body = op.indices["job_index"][KEY][0]
+
+    async def run() -> None:
+        await op.reconcile(KEY)  # writes attempt 1, conditional on resourceVersion "1"
+        assert len(kube.statuses) == 1
+        op.indices["job_index"][KEY] = [body]  # the watch has not brought our write back yet
+        await op.reconcile(KEY)
+        assert len(kube.statuses) == 1  # nothing decided from the stale copy
+        # Someone else's write came through: resourceVersions are opaque, so only equality counts.
+        op.indices["job_index"][KEY] = [{**body, "metadata": {**body["metadata"], "resourceVersion": "a0"}}]
+        await op.reconcile(KEY)
+        assert len(kube.statuses) == 2
+
+    asyncio.run(run())

@@ -43,13 +43,9 @@ REPORT_AFTER_FAILURES = 3
 
 
 def _generation(body: Mapping[str, Any] | None) -> int:
-    return _rv(str((body or {}).get("metadata", {}).get("generation", 0)))
-
-
-def _rv(value: str | None) -> int:
     try:
-        return int(value or 0)
-    except ValueError:
+        return int((body or {}).get("metadata", {}).get("generation", 0))
+    except (TypeError, ValueError):
         return 0
 
 
@@ -67,9 +63,10 @@ class Operator:
         self.kube: Kube | None = None
         self.indices: Mapping[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        # The newest status resourceVersion this process wrote per job: a cached job older than it is
-        # stale (our own write has not come back through the watch yet) and must not be acted on.
-        self._written: dict[JobKey, int] = {}
+        # Per job, the resourceVersion our last status write replaced (the write was conditional on
+        # it): a cached job still at that version is stale (our own write has not come back through
+        # the watch yet) and must not be acted on. resourceVersions are opaque: compared for equality only.
+        self._replaced: dict[JobKey, str] = {}
         self._wrote_at: dict[JobKey, float] = {}  # monotonic time of our last status write per job
         self._posting: set[asyncio.Task[None]] = set()  # Events being posted in the background
         self.admitter = Admitter(self)
@@ -314,10 +311,9 @@ class Operator:
             "lastTransitionTime": since or format_time(datetime.now(UTC)),
         }
         ns, name = key
-        rv = await self.kube.patch_job_status(
-            ns, name, {"conditions": [*others, condition]}, body["metadata"]["resourceVersion"]
-        )
-        self._written[key] = _rv(rv)
+        read = body["metadata"]["resourceVersion"]
+        await self.kube.patch_job_status(ns, name, {"conditions": [*others, condition]}, read)
+        self._replaced[key] = read
         self._wrote_at[key] = time.monotonic()
         if since is None:
             ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body["metadata"]}
@@ -329,7 +325,7 @@ class Operator:
             self._forget(key)
             return
         meta = body["metadata"]
-        if _rv(meta.get("resourceVersion")) < self._written.get(key, 0):
+        if meta.get("resourceVersion") == self._replaced.get(key):
             self.queue.add_after(key, 0.2)  # our last status write is not in the cache yet
             return
         spec = body.get("spec") or {}
@@ -375,14 +371,15 @@ class Operator:
             self.queue.add_after(key, PROGRESS_WRITE_SECONDS - since)
         elif plan.status_changed:
             status = plan.status.model_dump(by_alias=True, mode="json")
+            read = body["metadata"]["resourceVersion"]
             try:
-                rv = await self.kube.patch_job_status(ns, name, status, body["metadata"]["resourceVersion"])
+                await self.kube.patch_job_status(ns, name, status, read)
             except Conflict:
                 self.queue.add_after(key, 0.2)
                 return  # the plan was made from a stale job; redo it from the fresh one
             except Gone:
                 return  # deleted meanwhile: nothing is left to do, and its DELETED event forgets it
-            self._written[key] = _rv(rv)
+            self._replaced[key] = read
             self._wrote_at[key] = time.monotonic()
             metrics.observe_transition(job, plan.status)
         ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body["metadata"]}
@@ -466,7 +463,7 @@ class Operator:
         self._refusals.pop(key, None)
         self.errors.succeeded(key)
         self.refused.succeeded(key)
-        self._written.pop(key, None)
+        self._replaced.pop(key, None)
         self._wrote_at.pop(key, None)
         self.admitter.forget(key)
         self.kueue.forget(key)
