@@ -3,7 +3,7 @@
 Each subcommand's output is checked field by field against the objects the apiserver holds, for a
 running, a waiting (queued for GPUs), a restarted, a failed and a finished job. kwok pods run no
 trainer, so the throughput summary the operator would scrape is written through the status
-subresource, the way the operator writes it; test_cli_procnode.py covers real trainers.
+subresource, the way the operator writes it; tests/realnode/test_realnode_cli.py covers real trainers.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Fixtures of the end-to-end suite: the real control plane (tests/conftest.py), a process node
-(dev/procnode) that runs the pods as local processes, and the operator as its own process.
+"""Fixtures of the process node's own tests: the real control plane (tests/conftest.py) and a process
+node (dev/procnode) that runs the pods as local processes.
 
 - procnode (module): the node, with its own pod address block; its pods' logs are under
   procnode.logs_dir (a dir per pod: <ns>_<pod>_<uid>/<container>.log and pod.json). Module scope:
   the node exists only while e2e tests run, so it never counts in other tests' cluster capacity.
-- e2e_operator (module): `python -m phalanx.controller`, scraping trainer metrics every second.
 - claim: a PVC bound to a hostPath PV in a fresh dir, for checkpoints; returns (name, host dir).
 - apply: `kubectl apply -f -` of dicts in the test's namespace.
 See docs/e2e.md.
@@ -28,7 +27,6 @@ if _DEV not in sys.path:
 
 from localcluster.testing import Kubectl  # noqa: E402
 from procnode.testing import NODE_SELECTOR, TOLERATION, NodeProcess  # noqa: E402
-from tests.plugins.operator import OperatorProcess  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +42,6 @@ def procnode(kubeconfig: Path, kubectl: Kubectl, tmp_path_factory: pytest.TempPa
         yield node
     finally:
         node.stop()
-
-
-@pytest.fixture(scope="module")
-def e2e_operator(crd: Path, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(kubeconfig, log, env={"PHALANX_SCRAPE_INTERVAL_SECONDS": "1"})
-    yield op
-    op.stop()
 
 
 def on_procnode(pod_spec: dict[str, Any]) -> dict[str, Any]:

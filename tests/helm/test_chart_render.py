@@ -35,7 +35,7 @@ def non_default_values(watch_namespace: str) -> dict[str, Any]:
         "watchNamespace": watch_namespace,
         "rbac": {"aggregateToDefaultRoles": False},
         "serviceAccount": {"name": "trainer-operator", "annotations": {"iam.example.com/role": "phalanx"}},
-        "operator": {"workers": 3, "logLevel": "debug", "logFormat": "json"},
+        "operator": {"workers": 3, "logLevel": "debug", "logFormat": "json", "scrapeTimeoutSeconds": 1.5},
         "replicas": 3,
         "leaderElection": {"leaseDurationSeconds": 30, "renewDeadlineSeconds": 20, "retryPeriodSeconds": 2.5},
         "podDisruptionBudget": {"minAvailable": 2},
@@ -156,6 +156,7 @@ def test_default_render() -> None:
         "PHALANX_LEASE_RETRY_PERIOD_SECONDS": "1",
         "PHALANX_WORKERS": "8",
         "PHALANX_SCRAPE_INTERVAL_SECONDS": "15",
+        "PHALANX_SCRAPE_TIMEOUT_SECONDS": "3",
         "PHALANX_METRICS_PORT": "8080",
     }
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
@@ -201,7 +202,7 @@ def test_non_default_render() -> None:
         **LEASE_ENV, "PHALANX_LEASE_NAME": "ops-phalanx", "PHALANX_LEASE_DURATION_SECONDS": "30",
         "PHALANX_LEASE_RENEW_DEADLINE_SECONDS": "20", "PHALANX_LEASE_RETRY_PERIOD_SECONDS": "2.5",
         "PHALANX_WATCH_NAMESPACE": "ml-jobs", "PHALANX_WORKERS": "3", "PHALANX_SCRAPE_INTERVAL_SECONDS": "15",
-        "PHALANX_METRICS_PORT": "9090",
+        "PHALANX_SCRAPE_TIMEOUT_SECONDS": "1.5", "PHALANX_METRICS_PORT": "9090",
     }  # fmt: skip
     assert c["resources"] == {"requests": {"cpu": "250m", "memory": "300Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
     pod = find(docs, "Deployment")["spec"]["template"]

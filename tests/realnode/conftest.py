@@ -8,6 +8,8 @@ node that runs containerd, runc and the kubelet on this machine, with the images
 - phalanx_release (session): the chart installed with helm, the operator running in-cluster on the
   real node with its ServiceAccount token; uninstalled at the end.
 - claim: a PVC bound to a hostPath PV of a fresh host dir that the images' user (65532) can write.
+- jobs: a JobClient of JOBS_NAMESPACE; training_job(...): a TrainingJob of the reference trainers in
+  the trainer image, on the real node.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from localcluster.testing import Kubectl, create_namespace
 from tests.conftest import TestCluster
 from tests.e2e.conftest import make_claim
 from tests.helm.release import CHART, RESTRICTED, helm, values_file
+from tests.plugins.operator import GROUP, VERSION, JobClient
 
 RELEASE, RELEASE_NAMESPACE = "phalanx", "phalanx-system"
 # The in-cluster operator watches only this namespace (chart scope=namespace): another operator a test
@@ -38,6 +41,8 @@ JOBS_NAMESPACE = "phalanx-realnode"
 PYTORCH_IMAGE = images.images("cpu")[1].ref
 TENSORFLOW_IMAGE = images.images("cpu")[2].ref
 IMAGE_UID = 65532  # the images' numeric user (images/*/Dockerfile)
+SCRAPE_INTERVAL, SCRAPE_TIMEOUT = 1, 1.0  # the in-cluster operator's, in seconds
+JOB_TIMEOUT = 300.0  # image start, torch/TF imports on 2 cores
 
 
 def on_realnode(pod_spec: dict[str, Any]) -> dict[str, Any]:
@@ -51,11 +56,12 @@ def on_realnode(pod_spec: dict[str, Any]) -> dict[str, Any]:
 class RealNode:
     paths: realnode.Paths
 
-    def kill_container(self, pod: client.V1Pod, container: str = "trainer") -> None:
-        """SIGKILL the container's process from the host, as the kernel's OOM killer or a crash would."""
+    def kill_container(self, pod: client.V1Pod, container: str = "trainer", signal: str = "SIGKILL") -> None:
+        """Signal the container's process from the host: SIGKILL as the kernel's OOM killer or a crash
+        would, SIGSTOP for a rank that hangs."""
         status = next(s for s in pod.status.container_statuses if s.name == container)
         cid = status.container_id.removeprefix("containerd://")
-        realnode.ctr(self.paths, "tasks", "kill", "--signal", "SIGKILL", cid)
+        realnode.ctr(self.paths, "tasks", "kill", "--signal", signal, cid)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +78,8 @@ def release_values() -> dict[str, Any]:
         "image": {"pullPolicy": "Never"},  # loaded into the node by localcluster; a pull could only fail
         "scope": "namespace",
         "watchNamespace": JOBS_NAMESPACE,
-        "operator": {"scrapeIntervalSeconds": 1},  # the test jobs train for seconds
+        # The test jobs train for seconds; a stopped rank's scrape gives up after SCRAPE_TIMEOUT.
+        "operator": {"scrapeIntervalSeconds": SCRAPE_INTERVAL, "scrapeTimeoutSeconds": SCRAPE_TIMEOUT},
         **on_realnode({}),
     }
 
@@ -171,3 +178,47 @@ def run_pod(kubectl: Kubectl, namespace: str, name: str, image: str, command: li
         timeout,
     )
     return str(phase), kubectl("logs", "-n", namespace, name).stdout
+
+
+@pytest.fixture
+def jobs(api_client: client.ApiClient, phalanx_release: str) -> JobClient:
+    return JobClient(api_client, JOBS_NAMESPACE)
+
+
+def unique(hint: str) -> str:
+    return f"{hint}-{secrets.token_hex(2)}"
+
+
+def apply(kubectl: Kubectl, manifest: dict[str, Any]) -> None:
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+
+def training_job(
+    name: str, claim: str, args: list[str], framework: str = "pytorch",
+    module: str = "phalanx_trainer.examples.pytorch_ddp", image: str = PYTORCH_IMAGE,
+    env: list[dict[str, str]] | None = None, cpu: str = "100m", **spec: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """A 2-rank TrainingJob of the reference trainers (trainers/phalanx_trainer/examples) in JOBS_NAMESPACE,
+    checkpointing to the claim's /checkpoints."""
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["python", "-m", module],
+        "args": args,
+        "resources": {"requests": {"cpu": cpu, "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "env": env or [],
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": JOBS_NAMESPACE},
+        "spec": {
+            "framework": framework,
+            "replicas": 2,
+            "template": {"spec": on_realnode({"containers": [container]})},
+            "checkpoint": {"claimName": claim, "path": "/checkpoints", "keep": 3},
+            "runPolicy": {"backoffLimit": 3},
+            **spec,
+        },
+    }

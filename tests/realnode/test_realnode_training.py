@@ -9,7 +9,6 @@ container's process from the host.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,63 +22,23 @@ from kubernetes import client
 
 from localcluster import images, realnode
 from localcluster.testing import Kubectl
-from tests.e2e.training import DDP_ARGS, committed_steps, job_events, load_params
-from tests.plugins.operator import GROUP, VERSION, JobClient
+from tests.plugins.operator import JobClient
 from tests.realnode.conftest import (
+    JOB_TIMEOUT,
     JOBS_NAMESPACE,
-    PYTORCH_IMAGE,
     TENSORFLOW_IMAGE,
     RealNode,
+    apply,
     drop_claim,
     new_claim,
-    on_realnode,
     pod_logs,
+    training_job,
+    unique,
     wait_for,
 )  # fmt: skip
+from tests.realnode.training import DDP_ARGS, committed_steps, job_events, load_params
 
 pytestmark = pytest.mark.realnode
-
-JOB_TIMEOUT = 300.0  # image start, torch/TF imports on 2 cores
-
-
-def training_job(name: str, claim: str, args: list[str], framework: str = "pytorch",
-                 module: str = "phalanx_trainer.examples.pytorch_ddp", image: str = PYTORCH_IMAGE,
-                 env: list[dict[str, str]] | None = None, **spec: Any) -> dict[str, Any]:  # fmt: skip
-    container: dict[str, Any] = {
-        "name": "trainer",
-        "image": image,
-        "imagePullPolicy": "Never",
-        "command": ["python", "-m", module],
-        "args": args,
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
-        "env": env or [],
-    }
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name, "namespace": JOBS_NAMESPACE},
-        "spec": {
-            "framework": framework,
-            "replicas": 2,
-            "template": {"spec": on_realnode({"containers": [container]})},
-            "checkpoint": {"claimName": claim, "path": "/checkpoints", "keep": 3},
-            "runPolicy": {"backoffLimit": 3},
-            **spec,
-        },
-    }
-
-
-@pytest.fixture
-def jobs(api_client: client.ApiClient, phalanx_release: str) -> JobClient:
-    return JobClient(api_client, JOBS_NAMESPACE)
-
-
-def unique(hint: str) -> str:
-    return f"{hint}-{secrets.token_hex(2)}"
-
-
-def apply(kubectl: Kubectl, manifest: dict[str, Any]) -> None:
-    kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
 
 @dataclass

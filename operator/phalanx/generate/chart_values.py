@@ -119,6 +119,9 @@ class Operator(Values):
     """kopf log format; json suits log collectors."""
     scrape_interval_seconds: StrictInt = Field(default=15, ge=1, le=3600)
     """How often each running job's trainer pods are scraped for throughput (PHALANX_SCRAPE_INTERVAL_SECONDS)."""
+    scrape_timeout_seconds: Annotated[float, Field(ge=0.1, le=60)] = 3
+    """How long one trainer pod's /metrics may take before that scrape counts as failed; a rank that stops
+    answering (hung, SIGSTOPped) is seen as not advancing after this (PHALANX_SCRAPE_TIMEOUT_SECONDS)."""
 
 
 class LeaderElection(Values):
