@@ -22,7 +22,7 @@ from phalanx.controller.kueue import KueueAdmission
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
-from phalanx.core import names
+from phalanx.core import managedby, names
 from phalanx.core.gang import Gang
 from phalanx.core.lease import LeaseSettings
 from phalanx.core.model import JobView, Plan, PodView
@@ -335,6 +335,12 @@ class Operator:
         spec = body.get("spec") or {}
         priority = self.priority((spec.get("scheduling") or {}).get("priorityClassName"))
         job = job_view(body, priority)
+        who = managedby.role(body)
+        if who is not managedby.Role.RECONCILE:  # spec.managedBy: another controller's job (core/managedby.py)
+            self._forget(key)
+            if who is managedby.Role.DISPATCH:
+                await self.kueue.dispatch(key, job)
+            return
         pods = self.pods_of(key, job.uid)
         service_exists = self._one("service_index", key) is not None
         claim = caches.checkpoint_claim(key, spec)
