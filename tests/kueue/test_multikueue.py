@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -35,6 +36,7 @@ log = logging.getLogger("localcluster")
 QUEUE = "multikueue"  # the ClusterQueue on both clusters (connect() makes them)
 MULTIKUEUE = "kueue.x-k8s.io/multikueue"
 TIMEOUT = 180  # two control planes and two Kueues on a shared machine
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "multikueue-job.yaml"
 
 
 @dataclass
@@ -133,7 +135,10 @@ def _exists(jobs: JobClient, name: str) -> bool:
 def test_a_job_created_on_the_manager_runs_on_the_worker_and_its_status_comes_back(
     operator: Any, jobs: JobClient, worker: Worker, namespace: str, queues: None
 ) -> None:
-    jobs.create(dispatched("mk"))
+    (example,) = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    assert example["spec"]["managedBy"] == MULTIKUEUE
+    example["metadata"]["name"] = "mk"
+    jobs.create(example)
     pods = running_on_worker(worker, namespace, "mk")
     assert len(pods) == 2 and all(p.status.phase == "Running" for p in pods)
     copy = worker.jobs(namespace).get("mk")
