@@ -143,7 +143,9 @@ def test_a_job_created_on_the_manager_runs_on_the_worker_and_its_status_comes_ba
     assert len(pods) == 2 and all(p.status.phase == "Running" for p in pods)
     copy = worker.jobs(namespace).get("mk")
     assert "managedBy" not in copy["spec"]  # MultiKueue's adapter removes it, so the worker's phalanx runs it
-    assert copy["metadata"]["labels"]["kueue.x-k8s.io/prebuilt-workload-name"] == "mk-a1"
+    # Kueue 0.19 names the Workload it copied in an annotation (WorkloadIdentifierAnnotations, on by default).
+    assert copy["metadata"]["annotations"]["kueue.x-k8s.io/prebuilt-workload-name"] == "mk-a1"
+    assert copy["metadata"]["labels"]["kueue.x-k8s.io/multikueue-origin"]
     # The worker's phalanx used the Workload MultiKueue copied there; it made none of its own.
     assert workload_names(worker.api, namespace) == {"mk-a1"}
 
@@ -203,7 +205,8 @@ def test_a_failure_on_the_worker_fails_the_job_on_the_manager(
     here = jobs.wait_state("broken", "Failed", timeout=TIMEOUT)
     failed = next(c for c in here["status"]["conditions"] if c["type"] == "Failed")
     assert failed == next(c for c in there["status"]["conditions"] if c["type"] == "Failed")
-    assert "exit code 1" in failed["message"] or "exited 1" in failed["message"], failed
+    assert failed["reason"] == "PodFailed", failed
+    assert f"pod {pods[1].metadata.name} exited with code 1 (Error)" in failed["message"], failed
     finished = condition(workload(jobs.custom.api_client, namespace, "broken-a1"), "Finished")
     assert finished.get("status") == "True" and finished.get("reason") == "Failed", finished
 

@@ -286,3 +286,11 @@ def test_multikueue_copy_marks_its_workload_finished_instead_of_deleting_it() ->
         "type": "Finished", "status": "True", "reason": "Failed", "message": "rank 1 exited 1",
         "lastTransitionTime": "2026-01-01T00:00:00Z",
     }  # fmt: skip
+
+
+def test_the_prebuilt_workload_is_read_as_kueue_reads_it() -> None:
+    key = "kueue.x-k8s.io/prebuilt-workload-name"
+    assert kueue.prebuilt_workload({}, {key: "j-a1"}) == "j-a1"  # Kueue 0.19: an annotation
+    assert kueue.prebuilt_workload({key: "old"}, {key: "j-a1"}) == "j-a1"  # the annotation first
+    assert kueue.prebuilt_workload({key: "j-a1"}, {}) == "j-a1"  # older Kueue: a label
+    assert kueue.prebuilt_workload({}, {}) is None

@@ -56,7 +56,7 @@ class KueueAdmission:
         ended = status.state in ENDED
         running = status.state == "Running"
         live = frozenset(p.attempt for p in pods if p.phase not in ("Succeeded", "Failed"))
-        prebuilt = job.labels.get(kueue.PREBUILT_LABEL) or None
+        prebuilt = kueue.prebuilt_workload(job.labels, job.annotations)
         mine = prebuilt or kueue.workload_name(job.name, gang.attempt)
         priority, missing = None, None
         if not ended and not prebuilt and all(w.name != mine for w in workloads):

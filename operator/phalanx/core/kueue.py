@@ -45,8 +45,10 @@ PODS_READY_TIMEOUT = "PodsReadyTimeout"
 # way); it outranks the pods' PriorityClass for the Workload's priority, as in Kueue.
 PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
 PRIORITY_CLASS_NOT_FOUND = "WorkloadPriorityClassNotFound"
-# On a MultiKueue worker cluster the job is Kueue's copy, labelled with the Workload Kueue copied for it.
-PREBUILT_LABEL = "kueue.x-k8s.io/prebuilt-workload-name"
+# On a MultiKueue worker cluster the job is Kueue's copy, which names the Workload Kueue copied for it: in
+# this annotation (Kueue 0.19's default, feature gate WorkloadIdentifierAnnotations), or in a label of the
+# same key (older Kueue, or the gate off). Kueue itself reads the annotation first.
+PREBUILT = "kueue.x-k8s.io/prebuilt-workload-name"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class WorkloadPriority:
     @classmethod
     def pod_class(cls, name: str, value: int) -> WorkloadPriority:
         return cls("scheduling.k8s.io", "PriorityClass", name, value)
+
+
+def prebuilt_workload(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str | None:
+    """The Workload MultiKueue made for this copy of a job on a worker cluster, if it is one."""
+    return annotations.get(PREBUILT) or labels.get(PREBUILT) or None
 
 
 def uses_kueue(gang: Gang) -> bool:
@@ -251,9 +258,9 @@ def decide(
     longer active: a preempted gang saving its checkpoint still holds its GPUs.
 
     missing_class: the WorkloadPriorityClass the job's label names does not exist, so no Workload is made.
-    prebuilt: the Workload Kueue's MultiKueue created for this job on a worker cluster (the job's
-    kueue.x-k8s.io/prebuilt-workload-name label). It serves every attempt, is never created or deleted here
-    (the manager cluster watches it) and is marked Finished once the job has `completed` (Succeeded or Failed)."""
+    prebuilt: the Workload Kueue's MultiKueue created for this job on a worker cluster (prebuilt_workload()).
+    It serves every attempt, is never created or deleted here (the manager cluster watches it) and is
+    marked Finished once the job has `completed` (Succeeded or Failed)."""
     step = KueueStep()
     mine = prebuilt or workload_name(gang.job, gang.attempt)
     step.delete = [

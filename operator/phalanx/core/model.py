@@ -33,6 +33,7 @@ class JobView:
     # "attempt" and "condition/<Type>" (the condition's status).
     foreign_status: frozenset[str] = frozenset()
     labels: Mapping[str, str] = field(default_factory=dict)  # the job's own metadata.labels
+    annotations: Mapping[str, str] = field(default_factory=dict)  # and metadata.annotations
 
 
 @dataclass(frozen=True)
