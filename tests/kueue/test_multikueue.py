@@ -155,6 +155,7 @@ def test_a_job_created_on_the_manager_runs_on_the_worker_and_its_status_comes_ba
     mine = workload(jobs.custom.api_client, namespace, "mk-a1")
     check = next(c for c in mine["status"]["admissionChecks"] if c["name"] == "worker")  # type: ignore[index]
     assert check["state"] == "Ready", check
+    assert check["message"] == 'The workload was admitted on "worker"', check
 
     for p in pods:
         make_pod_succeed(client.CoreV1Api(worker.api), namespace, p.metadata.name)
@@ -239,3 +240,26 @@ def test_without_a_local_queue_on_the_worker_the_job_waits_and_the_manager_shows
             "phalanx.dev", "v1alpha1", namespace, "trainingjobs"
         )  # fmt: skip
         client.CoreV1Api(worker.api).delete_namespace(namespace)
+
+
+def test_a_missing_workload_priority_class_holds_the_job_on_the_manager_with_a_warning_event(
+    operator: Any, jobs: JobClient, api_client: client.ApiClient, worker: Worker, namespace: str, queues: None
+) -> None:
+    # The status of a MultiKueue job is MultiKueue's, so phalanx says it in an Event, not in the status.
+    body = dispatched("nameless")
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/priority-class": f"{namespace}-nonesuch"}
+    jobs.create(body)
+
+    def warned() -> str | None:
+        for e in jobs.core.list_namespaced_event(namespace).items:
+            if e.involved_object.name == "nameless" and e.reason == "WorkloadPriorityClassNotFound":
+                return str(e.message)
+        return None
+
+    message = wait_for(warned, timeout=60, what="a WorkloadPriorityClassNotFound Event on the manager's job")
+    assert f"WorkloadPriorityClass {namespace}-nonesuch (label kueue.x-k8s.io/priority-class) does not exist" in (
+        message
+    ), message
+    assert workload_names(api_client, namespace) == set()
+    assert not (jobs.get("nameless").get("status") or {})
+    assert not _exists(worker.jobs(namespace), "nameless")

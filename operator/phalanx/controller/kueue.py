@@ -36,10 +36,15 @@ class KueueAdmission:
         self.op = op
         self.notes: dict[JobKey, AdmissionNote] = {}
         self._flavors: dict[str, kueue.FlavorPlacement] = {}  # ResourceFlavors read so far (they rarely change)
-        self._told: set[JobKey] = set()  # MultiKueue jobs already logged as having nothing to dispatch
+        self._told: dict[JobKey, kueue.KueueNote] = {}  # why a MultiKueue job is not dispatched, as last said
 
     def forget(self, key: JobKey) -> None:
         self.notes.pop(key, None)
+
+    def gone(self, key: JobKey) -> None:
+        """The job was deleted."""
+        self.forget(key)
+        self._told.pop(key, None)
 
     async def sync(self, key: JobKey, job: JobView, status: TrainingJobStatus, pods: list[PodView]) -> None:
         """One pass for a job that uses Kueue, after its reconcile; `status` is the one just planned."""
@@ -121,28 +126,42 @@ class KueueAdmission:
                  ", ".join(wanted.flavors))  # fmt: skip
         self.op.queue.add(key)
 
-    async def dispatch(self, key: JobKey, job: JobView) -> None:
+    async def dispatch(self, key: JobKey, job: JobView) -> kueue.KueueNote | None:
         """A job with spec.managedBy kueue.x-k8s.io/multikueue on a manager cluster: only its Workload
         <job>-a1, which Kueue's MultiKueue dispatches to a worker cluster with a copy of the job. No pods,
-        no status (MultiKueue copies the worker's), no Workload deleted (its owner reference does that)."""
+        no status (MultiKueue copies the worker's), no Workload deleted (its owner reference does that).
+        Returns what keeps it from being dispatched, once per distinct reason (the caller posts it as an
+        Event: the status is MultiKueue's)."""
         kube = self.op.kube
         assert kube is not None
-        if job.spec is None or not job.spec.scheduling.queue_name or job.deleting:
-            if job.spec is not None and not job.spec.scheduling.queue_name and key not in self._told:
-                self._told.add(key)
-                log.warning("%s/%s: managedBy %s without spec.scheduling.queueName: nothing for Kueue to "
-                            "dispatch", *key, job.spec.managed_by)  # fmt: skip
-            return
+        if job.spec is None or job.deleting:
+            return None
+        if not job.spec.scheduling.queue_name:
+            return self._tell(key, kueue.KueueNote(
+                "NoQueueName", f"managedBy {job.spec.managed_by} needs spec.scheduling.queueName: no Workload made"
+            ))  # fmt: skip
         name = kueue.workload_name(job.name, 1)
         if any(w["metadata"]["name"] == name for w in await kube.list_workloads(job.namespace, job.name)):
-            return
+            return None
         priority, missing = await self._priority(job)
         if missing is not None:
-            log.warning("%s/%s: WorkloadPriorityClass %s not found; no Workload made yet", *key, missing)
             self.op.queue.add_after(key, POLL_SECONDS * 5)
-            return
+            return self._tell(key, kueue.KueueNote(
+                kueue.PRIORITY_CLASS_NOT_FOUND,
+                f"WorkloadPriorityClass {missing} (label {kueue.PRIORITY_CLASS_LABEL}) does not exist: no Workload "
+                "made for MultiKueue until it does",
+            ))  # fmt: skip
         await kube.create_workload(kueue.build_workload(Gang(job.name, job.namespace, job.uid, job.spec, 1), priority))
         log.info("%s/%s: Workload %s created for MultiKueue to dispatch", *key, name)
+        self._told.pop(key, None)
+        return None
+
+    def _tell(self, key: JobKey, note: kueue.KueueNote) -> kueue.KueueNote | None:
+        if self._told.get(key) == note:
+            return None
+        self._told[key] = note
+        log.warning("%s/%s: %s", *key, note.message)
+        return note
 
     async def _priority(self, job: JobView) -> tuple[kueue.WorkloadPriority | None, str | None]:
         """The new Workload's priority: the WorkloadPriorityClass of the job's kueue.x-k8s.io/priority-class

@@ -327,6 +327,7 @@ class Operator:
         body = self.job_body(key)
         if body is None:
             self._forget(key)
+            self.kueue.gone(key)
             return
         meta = body["metadata"]
         if _rv(meta.get("resourceVersion")) < self._written.get(key, 0):
@@ -338,8 +339,10 @@ class Operator:
         who = managedby.role(body)
         if who is not managedby.Role.RECONCILE:  # spec.managedBy: another controller's job (core/managedby.py)
             self._forget(key)
-            if who is managedby.Role.DISPATCH:
-                await self.kueue.dispatch(key, job)
+            held = await self.kueue.dispatch(key, job) if who is managedby.Role.DISPATCH else None
+            if held is not None:
+                ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body["metadata"]}
+                self._post(ref, "Warning", held.reason, held.message)
             return
         pods = self.pods_of(key, job.uid)
         service_exists = self._one("service_index", key) is not None
