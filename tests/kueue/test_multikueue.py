@@ -164,6 +164,10 @@ def test_a_job_created_on_the_manager_runs_on_the_worker_and_its_status_comes_ba
     assert jobs.pods("mk") == []
     finished = condition(workload(jobs.custom.api_client, namespace, "mk-a1"), "Finished")
     assert finished.get("status") == "True" and finished.get("reason") == "Succeeded", finished
+    # Then MultiKueue removes the worker's copy and its Workload; the manager keeps the job and its status.
+    wait_for(lambda: not _exists(worker.jobs(namespace), "mk"), timeout=TIMEOUT, what="the worker's copy removed")
+    wait_for(lambda: not workload_names(worker.api, namespace), timeout=TIMEOUT, what="the worker's Workload removed")
+    assert jobs.get("mk")["status"]["state"] == "Succeeded"
 
 
 def test_a_gang_restart_on_the_worker_keeps_the_dispatched_workload(
