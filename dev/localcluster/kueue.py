@@ -13,7 +13,8 @@ mutating and validating webhook configurations, the controller-manager config. W
 - only the webhooks of Kueue's own kinds and of the frameworks enabled here are installed: the
   rest (pods, deployments, ...) use failurePolicy Fail and would stall every such object whenever
   the manager is down;
-- phalanx's TrainingJob is an external framework, so Kueue manages Workloads owned by one.
+- phalanx's TrainingJob is an external framework, so Kueue manages Workloads owned by one, and one
+  MultiKueue dispatches (multiKueue.externalFrameworks) when this cluster is a MultiKueue manager.
 The manager talks to the apiserver as system:masters: its own ClusterRole is written for
 in-cluster use (a ServiceAccount, leader-election Leases in its namespace).
 """
@@ -145,6 +146,10 @@ def configuration(module: Path, ports: dict[str, int], cert_dir: Path) -> dict[s
             "integrations": {"frameworks": list(FRAMEWORKS), "externalFrameworks": list(EXTERNAL_FRAMEWORKS)},
         }
     )
+    # MultiKueue (dev/localcluster/multikueue.py) dispatches TrainingJobs through its generic adapter for
+    # external kinds; harmless on a cluster that is no MultiKueue manager.
+    cfg["multiKueue"] = {**(cfg.get("multiKueue") or {}),
+                         "externalFrameworks": [{"name": n} for n in EXTERNAL_FRAMEWORKS]}  # fmt: skip
     return cfg
 
 

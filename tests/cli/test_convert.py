@@ -192,3 +192,27 @@ def test_cli_refusal_is_one_line_and_exit_1() -> None:
 def test_cli_bad_files_are_one_line_errors(text: str, message: str) -> None:
     res = cli("convert", "-", stdin=text)
     assert res.returncode == 1 and message in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("managed_by", "expected"),
+    [("kueue.x-k8s.io/multikueue", "kueue.x-k8s.io/multikueue"), ("example.com/other", "example.com/other")],
+)
+def test_run_policy_managed_by_becomes_managed_by(managed_by: str, expected: str) -> None:
+    # MultiKueue's value stays MultiKueue's (Kueue dispatches the TrainingJob as it did the PyTorchJob);
+    # the WorkloadPriorityClass label travels with the other labels.
+    source = load("pytorch-gpu.yaml")
+    source["spec"]["runPolicy"]["managedBy"] = managed_by
+    source["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] = "urgent"
+    result = convert(source)
+    assert result.job["spec"]["managedBy"] == expected
+    assert result.job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "urgent"
+    assert "runPolicy.managedBy" not in noted(result)
+
+
+def test_kubeflows_own_controller_becomes_phalanx() -> None:
+    source = load("pytorch-gpu.yaml")
+    source["spec"]["runPolicy"]["managedBy"] = "kubeflow.org/training-operator"
+    result = convert(source)
+    assert "managedBy" not in result.job["spec"]
+    assert any("kubeflow.org/training-operator -> phalanx" in c for c in result.changes)

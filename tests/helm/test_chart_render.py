@@ -177,7 +177,7 @@ def test_default_render() -> None:
 def test_non_default_render() -> None:
     docs = render(non_default_values("ml-jobs"), release="ops", namespace="platform", extra=MONITORING)
     assert kinds(docs) == [
-        "ClusterRole",  # nodes, priorityclasses, resourceflavors, CRDs, namespaces only
+        "ClusterRole",  # nodes, priorityclasses, resourceflavors, workloadpriorityclasses, CRDs, namespaces only
         "ClusterRoleBinding",
         "ConfigMap",  # dashboards
         "ConfigMap",  # helm test
@@ -221,7 +221,8 @@ def test_non_default_render() -> None:
     assert "podAntiAffinity" not in deploy["spec"]["template"]["spec"]["affinity"]  # the user's affinity wins
     cluster_resources = {r for rule in find(docs, "ClusterRole")["rules"] for r in rule["resources"]}
     assert cluster_resources == {
-        "nodes", "priorityclasses", "resourceflavors", "customresourcedefinitions", "namespaces"
+        "nodes", "priorityclasses", "resourceflavors", "workloadpriorityclasses", "customresourcedefinitions",
+        "namespaces",
     }  # fmt: skip
     kueue = [r for r in role["rules"] if r["apiGroups"] == ["kueue.x-k8s.io"]]
     assert kueue == [

@@ -9,6 +9,10 @@ job's new Workload and it runs again as attempt 2.
 
 The real checkpoint (trainers saving on SIGTERM and resuming from that step) is not exercised here:
 these pods are simulated. See docs/scheduling.md.
+
+The priority comes either from a Kubernetes PriorityClass or from a Kueue WorkloadPriorityClass (the
+job's kueue.x-k8s.io/priority-class label); the test runs once for each. A WorkloadPriorityClass that
+does not exist keeps the job queued, saying so.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytest
 from kubernetes import client
 
 from localcluster.testing import wait_for
+from phalanx.core import kueue
 from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
 from tests.plugins.operator import JobClient
 from tests.scheduling.conftest import gpu_job, priority_classes  # noqa: F401  (a fixture)
@@ -51,6 +56,47 @@ def preempting_queue(api_client: client.ApiClient, namespace: str) -> Iterator[s
     delete_cluster_queue(custom, name)
 
 
+@pytest.fixture
+def workload_priority_classes(api_client: client.ApiClient) -> Iterator[Callable[[str, int], str]]:
+    """Kueue WorkloadPriorityClasses (cluster-scoped), removed after the test."""
+    custom = client.CustomObjectsApi(api_client)
+    made: list[str] = []
+
+    def make(name: str, value: int) -> str:
+        custom.create_cluster_custom_object(GROUP, VERSION, "workloadpriorityclasses", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "WorkloadPriorityClass", "metadata": {"name": name},
+            "value": value,
+        })  # fmt: skip
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "workloadpriorityclasses", name)
+
+
+@pytest.fixture(params=["PriorityClass", "WorkloadPriorityClass"])
+def prioritised(
+    request: pytest.FixtureRequest, priority_classes: Callable[[str, int], str],  # noqa: F811
+    workload_priority_classes: Callable[[str, int], str], namespace: str,
+) -> Callable[[str, int, dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """A GPU job on LocalQueue `team` whose Workload gets priority `value`: from a Kubernetes PriorityClass
+    (spec.scheduling.priorityClassName) or from a Kueue WorkloadPriorityClass (the job's
+    kueue.x-k8s.io/priority-class label, Kueue's way for its own jobs)."""
+
+    def job(name: str, value: int, extra: dict[str, Any]) -> dict[str, Any]:
+        klass = f"{namespace}-{name}"
+        if request.param == "PriorityClass":
+            body = gpu_job(name, replicas=2, scheduling={"queueName": "team", "priorityClassName": klass}, **extra)
+            priority_classes(klass, value)
+            return body
+        body = gpu_job(name, replicas=2, scheduling={"queueName": "team"}, **extra)
+        body["metadata"]["labels"] = {kueue.PRIORITY_CLASS_LABEL: workload_priority_classes(klass, value)}
+        return body
+
+    return job
+
+
 def workloads(jobs: JobClient, namespace: str) -> dict[str, dict[str, Any]]:
     items = jobs.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workloads")["items"]
     return {w["metadata"]["name"]: w for w in items}
@@ -58,17 +104,18 @@ def workloads(jobs: JobClient, namespace: str) -> dict[str, dict[str, Any]]:
 
 def test_higher_priority_job_preempts_and_the_preempted_one_resumes_as_a_new_attempt(
     operator: Any, jobs: JobClient, core_v1: client.CoreV1Api, namespace: str, preempting_queue: str,
-    priority_classes: Callable[[str, int], str],  # noqa: F811
+    prioritised: Callable[[str, int, dict[str, Any]], dict[str, Any]],
 ) -> None:  # fmt: skip
-    low = priority_classes(f"{namespace}-low", 100)
-    high = priority_classes(f"{namespace}-high", 1000)
-    backoff = {"backoffLimit": 0}  # a preemption counted as a restart would fail the job at once
-    jobs.create(gpu_job("low", replicas=2, scheduling={"queueName": "team", "priorityClassName": low},
-                        runPolicy=backoff))  # fmt: skip
+    backoff = {"runPolicy": {"backoffLimit": 0}}  # a preemption counted as a restart would fail the job at once
+    low = prioritised("low", 100, backoff)
+    jobs.create(low)
     jobs.wait_state("low", "Running", timeout=120)
-    assert workloads(jobs, namespace)["low-a1"]["spec"]["priority"] == 100
+    spec = workloads(jobs, namespace)["low-a1"]["spec"]
+    assert spec["priority"] == 100
+    klass = spec["priorityClassRef"]
+    assert klass["name"] == f"{namespace}-low" and klass["kind"] in ("PriorityClass", "WorkloadPriorityClass")
 
-    created = jobs.create(gpu_job("high", replicas=2, scheduling={"queueName": "team", "priorityClassName": high}))
+    created = jobs.create(prioritised("high", 1000, {}))
     jobs.wait_state("high", "Running", timeout=120)
 
     job = jobs.get("low")
@@ -98,3 +145,25 @@ def test_higher_priority_job_preempts_and_the_preempted_one_resumes_as_a_new_att
     assert (again["status"]["attempt"], again["status"]["restarts"]) == (2, 0)
     assert (jobs.condition("low", "Admitted") or {}).get("reason") == "AdmittedByKueue"
     assert (jobs.condition("low", "Restarting") or {}).get("status") == "False"
+
+
+def test_a_missing_workload_priority_class_is_named_in_the_jobs_status(
+    operator: Any, jobs: JobClient, namespace: str, preempting_queue: str
+) -> None:
+    body = gpu_job("orphan", replicas=1, scheduling={"queueName": "team"})
+    body["metadata"]["labels"] = {kueue.PRIORITY_CLASS_LABEL: f"{namespace}-nonesuch"}
+    jobs.create(body)
+
+    def named() -> dict[str, Any] | None:
+        c = jobs.condition("orphan", "Admitted") or {}
+        return c if c.get("reason") == "WorkloadPriorityClassNotFound" else None
+
+    admitted = wait_for(named, timeout=60, what="Admitted=False WorkloadPriorityClassNotFound")
+    assert admitted["status"] == "False"
+    assert (
+        f"WorkloadPriorityClass {namespace}-nonesuch (label kueue.x-k8s.io/priority-class) does not exist"
+        in (admitted["message"])
+    ), admitted["message"]
+    assert jobs.get("orphan")["status"]["state"] == "Queued"
+    assert workloads(jobs, namespace) == {}
+    assert all(p.spec.scheduling_gates for p in jobs.pods("orphan"))

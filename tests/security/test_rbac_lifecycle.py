@@ -164,3 +164,54 @@ def test_namespace_scoped_install_runs_jobs_in_its_namespace_only(
             assert denied_requests(op.log_path) == []
         finally:
             core_v1.delete_namespace(elsewhere.ns)
+
+
+@pytest.mark.kueue
+def test_kueue_admission_with_a_workload_priority_class_under_the_charts_permissions(
+    chart_operator: OperatorProcess, jobs: JobClient, namespace: str, api_client: client.ApiClient
+) -> None:
+    """A job queued by real Kueue with a WorkloadPriorityClass: the Workload is created (workloads: create)
+    with the class's value (workloadpriorityclasses: get), admitted on a flavor (resourceflavors: get),
+    reported ready (workloads/status: patch) and deleted when the job ends (workloads: delete)."""
+    from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
+
+    custom = client.CustomObjectsApi(api_client)
+    name = f"rbac-{namespace}"
+    custom.create_cluster_custom_object(GROUP, VERSION, "resourceflavors", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": name},
+    })  # fmt: skip
+    custom.create_cluster_custom_object(GROUP, VERSION, "clusterqueues", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterQueue", "metadata": {"name": name},
+        "spec": {"namespaceSelector": {}, "resourceGroups": [{"coveredResources": ["cpu"], "flavors": [
+            {"name": name, "resources": [{"name": "cpu", "nominalQuota": "8"}]}]}]},
+    })  # fmt: skip
+    custom.create_cluster_custom_object(GROUP, VERSION, "workloadpriorityclasses", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "WorkloadPriorityClass", "metadata": {"name": name}, "value": 42,
+    })  # fmt: skip
+    try:
+        local_queue(custom, namespace, name)
+        body = job_manifest("queued", replicas=1, scheduling={"queueName": "team"})
+        body["metadata"]["labels"] = {"kueue.x-k8s.io/priority-class": name}
+        body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1"}}
+        jobs.create(body)
+        jobs.wait_state("queued", "Running", timeout=120)
+        wl = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "workloads", "queued-a1")
+        assert wl["spec"]["priority"] == 42 and wl["spec"]["priorityClassRef"]["kind"] == "WorkloadPriorityClass"
+
+        def reported_ready() -> bool:
+            got = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "workloads", "queued-a1")
+            return any(c["type"] == "PodsReady" and c["status"] == "True" for c in got["status"]["conditions"])
+
+        jobs.wait_pods("queued", lambda _: reported_ready(), what="PodsReady=True on the Workload")
+        sim.make_pod_succeed(jobs.core, namespace, "queued-a1-worker-0")
+        jobs.wait_state("queued", "Succeeded")
+
+        def read() -> Any:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "workloads", "queued-a1")
+
+        jobs.wait_pods("queued", lambda _: gone(read), what="the finished job's Workload deleted")
+        assert denied_requests(chart_operator.log_path) == []
+    finally:
+        custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", namespace, "trainingjobs")
+        custom.delete_cluster_custom_object(GROUP, VERSION, "workloadpriorityclasses", name)
+        delete_cluster_queue(custom, name)

@@ -241,10 +241,56 @@ def test_a_readiness_timeout_is_a_restart_counted_against_backoff_limit(restarts
 
 
 def test_workload_gets_the_priority_of_the_jobs_priority_class() -> None:
-    g = Gang(
-        "j", "team-a", "uid", spec(**{**GPU_SPEC, "scheduling": {"queueName": "team", "priorityClassName": "hi"}}), 1
-    )
-    wl = kueue.build_workload(g, 1000)
+    wl = kueue.build_workload(gang(), kueue.WorkloadPriority.pod_class("hi", 1000))
     assert wl["spec"]["priority"] == 1000
     assert wl["spec"]["priorityClassRef"] == {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": "hi"}
-    assert "priority" not in kueue.build_workload(gang(), 1000)["spec"]  # no class named: Kueue's default
+    assert "priority" not in kueue.build_workload(gang())["spec"]  # no class named: Kueue's default
+
+
+def test_workload_gets_the_priority_of_a_workload_priority_class() -> None:
+    step = kueue.decide(gang(), [], {}, priority=kueue.WorkloadPriority.workload_class("urgent", 5000))
+    assert step.create is not None
+    assert step.create["spec"]["priority"] == 5000
+    ref = {"group": "kueue.x-k8s.io", "kind": "WorkloadPriorityClass", "name": "urgent"}
+    assert step.create["spec"]["priorityClassRef"] == ref
+
+
+def test_a_missing_workload_priority_class_is_named_and_no_workload_is_made() -> None:
+    step = kueue.decide(gang(), [], {}, missing_class="urgent")
+    assert step.create is None
+    assert step.note is not None and step.note.reason == "WorkloadPriorityClassNotFound"
+    assert "WorkloadPriorityClass urgent (label kueue.x-k8s.io/priority-class) does not exist" in step.note.message
+
+
+def test_multikueue_copy_uses_its_prebuilt_workload_for_every_attempt() -> None:
+    # On a worker cluster the job is MultiKueue's copy: the Workload j-a1 came with it. A gang restart
+    # (attempt 2) neither makes j-a2 nor deletes j-a1, whose admission the manager cluster watches.
+    current = workload("j-a1", attempt=1, conditions=ADMITTED, flavors={"nvidia.com/gpu": "h100"})
+    step = kueue.decide(gang(attempt=2), [current], {"h100": H100}, live_attempts=frozenset({2}), prebuilt="j-a1")
+    assert (step.create, step.delete, step.note) == (None, [], None)
+    assert step.placement is not None and step.placement.node_labels == H100.node_labels
+    waiting = kueue.decide(gang(), [], {}, prebuilt="j-a1")
+    assert waiting.create is None and waiting.note is not None and "MultiKueue's Workload j-a1" in waiting.note.message
+
+
+def test_multikueue_copy_marks_its_workload_finished_instead_of_deleting_it() -> None:
+    current = workload("j-a1", attempt=1, conditions=ADMITTED, flavors={"nvidia.com/gpu": "h100"})
+    step = kueue.decide(gang(), [current], {}, finished=True, completed=True, prebuilt="j-a1")
+    assert (step.delete, step.finish) == ([], "j-a1")
+    suspended = kueue.decide(gang(), [current], {}, finished=True, completed=False, prebuilt="j-a1")
+    assert (suspended.delete, suspended.finish) == ([], None)
+    done = workload("j-a1", conditions=[*ADMITTED, {"type": "Finished", "status": "True", "reason": "Succeeded"}])
+    assert kueue.decide(gang(), [done], {}, finished=True, completed=True, prebuilt="j-a1").finish is None
+    applied = kueue.finished_apply("ns", "j-a1", False, "rank 1 exited 1", "2026-01-01T00:00:00Z")
+    assert applied["status"]["conditions"][0] == {
+        "type": "Finished", "status": "True", "reason": "Failed", "message": "rank 1 exited 1",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }  # fmt: skip
+
+
+def test_the_prebuilt_workload_is_read_as_kueue_reads_it() -> None:
+    key = "kueue.x-k8s.io/prebuilt-workload-name"
+    assert kueue.prebuilt_workload({}, {key: "j-a1"}) == "j-a1"  # Kueue 0.19: an annotation
+    assert kueue.prebuilt_workload({key: "old"}, {key: "j-a1"}) == "j-a1"  # the annotation first
+    assert kueue.prebuilt_workload({key: "j-a1"}, {}) == "j-a1"  # older Kueue: a label
+    assert kueue.prebuilt_workload({}, {}) is None

@@ -99,6 +99,8 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Times in status: the apiserver refuses a status whose times are not RFC 3339, whoever writes it.
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
+# A domain-prefixed path (acme.io/foo), as Kubernetes validates a Job's spec.managedBy.
+MANAGED_BY = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[-A-Za-z0-9_.~!$&'()*+,;=:@%/]+$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 
 
@@ -371,6 +373,12 @@ class TrainingJobSpec(Model):
             "procsPerPod must be 'auto' or an integer 1..64",
             ".procsPerPod",
         ),
+        # As for a Kubernetes Job: who reconciles a job is fixed at its creation.
+        rule(
+            "has(self.managedBy) == has(oldSelf.managedBy)",
+            "managedBy cannot be added or removed after creation",
+            ".managedBy",
+        ),
     )
 
     framework: Framework
@@ -402,6 +410,18 @@ class TrainingJobSpec(Model):
     restarts the gang off its node (reason PreflightFailed, counts toward backoffLimit). PyTorch only."""
     metrics: MetricsSpec = MetricsSpec()
     """Trainer metrics and the scaling baseline."""
+    managed_by: Annotated[
+        str | None,
+        Field(
+            max_length=63,
+            pattern=MANAGED_BY,
+            json_schema_extra={"x-kubernetes-validations": [rule("self == oldSelf", "managedBy is immutable")]},
+        ),
+    ] = None
+    """The controller that reconciles this job, as for a Kubernetes Job: unset or
+    phalanx.dev/trainingjob-controller is phalanx; kueue.x-k8s.io/multikueue hands the job to Kueue's
+    MultiKueue, which runs it on a worker cluster (phalanx here makes only its Kueue Workload); any other
+    value, another controller: phalanx neither creates pods nor writes status. Immutable."""
 
     def effective_strategy(self) -> Strategy:
         if self.strategy is not None:

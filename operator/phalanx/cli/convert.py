@@ -7,7 +7,8 @@ Pure: manifest in, TrainingJob and notes out. What maps:
   the container -> resources.gpus (phalanx sets the GPU request and limit itself).
 * runPolicy: backoffLimit, activeDeadlineSeconds, ttlSecondsAfterFinished, cleanPodPolicy, suspend,
   schedulingPolicy.priorityClass; a replica's restartPolicy -> runPolicy.restartOn; elasticPolicy's
-  minReplicas/maxReplicas -> elastic; the Kueue queue label -> scheduling.queueName.
+  minReplicas/maxReplicas -> elastic; the Kueue queue label -> scheduling.queueName; runPolicy.managedBy
+  -> managedBy (kueue.x-k8s.io/multikueue stays MultiKueue's; Kubeflow's own controller becomes phalanx).
 
 Everything else is listed as a note with the reason it was not mapped. A parameter-server TFJob is
 refused: phalanx's TensorFlow strategies are all-reduce (MultiWorkerMirrored) and TPU. The result is
@@ -35,6 +36,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = {"PyTorchJob": "pytorch", "TFJob": "tensorflow"}
 KUBEFLOW_PORTS = {"pytorchjob-port", "tfjob-port"}
 RESTART_ON = {"OnFailure": "always", "Always": "always", "ExitCode": "retryable", "Never": "never"}
+KUBEFLOW_CONTROLLER = "kubeflow.org/training-operator"  # Kubeflow's own value of runPolicy.managedBy
 RUN_POLICY = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "cleanPodPolicy", "suspend")
 WHY = {
     # Run policy and scheduling.
@@ -44,7 +46,6 @@ WHY = {
     "runPolicy.schedulingPolicy.minResources": "phalanx's gang admission computes the gang's resources itself",
     "runPolicy.schedulingPolicy.scheduleTimeoutSeconds": "no scheduling timeout; the nearest is "
     "runPolicy.startupDeadlineSeconds (default 900 s, counted from admission)",
-    "runPolicy.managedBy": "phalanx is the only controller of a TrainingJob",
     # PyTorch elastic.
     "elasticPolicy.rdzvBackend": "phalanx sets MASTER_ADDR/MASTER_PORT (static rendezvous on pod 0); "
     "resizing restarts the gang at the new world size",
@@ -173,7 +174,7 @@ def _run_policy(source: Mapping[str, Any], run: dict[str, Any], scheduling: dict
         if policy.get(key) is not None:
             notes.append((f"runPolicy.schedulingPolicy.{key}", WHY[f"runPolicy.schedulingPolicy.{key}"]))
     for key, value in source.items():
-        if key not in (*RUN_POLICY, "schedulingPolicy") and value is not None:
+        if key not in (*RUN_POLICY, "schedulingPolicy", "managedBy") and value is not None:
             notes.append((f"runPolicy.{key}", WHY.get(f"runPolicy.{key}", "no TrainingJob field of that meaning")))
 
 
@@ -313,6 +314,11 @@ def convert(manifest: Mapping[str, Any]) -> Conversion:
             "its last checkpoint on any failure (restartOn: always), up to runPolicy.backoffLimit"
         )
     _run_policy(spec.get("runPolicy") or {}, run, scheduling, notes)
+    managed_by = (spec.get("runPolicy") or {}).get("managedBy")
+    if managed_by and managed_by != KUBEFLOW_CONTROLLER:
+        out["managedBy"] = managed_by  # kueue.x-k8s.io/multikueue, or another controller's: kept as it is
+    elif managed_by:
+        changes.append(f"runPolicy.managedBy {KUBEFLOW_CONTROLLER} -> phalanx (spec.managedBy unset)")
     for key in spec:
         if key not in (
             "pytorchReplicaSpecs",

@@ -25,7 +25,7 @@ from phalanx.controller import metrics
 from phalanx.controller.caches import JobKey, accelerator_requests
 from phalanx.controller.kube import NotLeading, api_error_message
 from phalanx.core import admission as adm
-from phalanx.core import names
+from phalanx.core import managedby, names
 from phalanx.core.gang import Gang
 from phalanx.core.model import JobView, PodView
 from phalanx.core.observe import job_view
@@ -277,6 +277,8 @@ class Admitter:
                 continue
             if (body.get("status") or {}).get("state") in SETTLED_STATES:
                 continue
+            if managedby.role(body) is not managedby.Role.RECONCILE:
+                continue  # another controller's job never holds up ours
             entry = self._cached(key, body)
             if entry is None or entry.job.spec is None:
                 continue
@@ -369,6 +371,8 @@ def may_wait(body: Mapping[str, Any]) -> bool:
     status = body.get("status") or {}
     if body["metadata"].get("deletionTimestamp") or not status.get("attempt"):
         return False
+    if managedby.role(body) is not managedby.Role.RECONCILE:
+        return False  # another controller's job, whatever status it writes: never a gang of ours
     return status.get("state") not in SETTLED_STATES
 
 

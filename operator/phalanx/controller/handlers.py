@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 from phalanx.api.models import GROUP, PLURAL, VERSION
 from phalanx.controller import caches, essence
 from phalanx.controller.operator import Operator
-from phalanx.core import names
+from phalanx.core import managedby, names
 
 JOBS_RESOURCE = (GROUP, VERSION, PLURAL)
 MANAGED = {names.LABEL_JOB: kopf.PRESENT}
@@ -113,8 +113,10 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
 
     # --- triggers ---------------------------------------------------------------------------------
     @kopf.on.event(*JOBS_RESOURCE, registry=registry)
-    async def job_event(**kw: Any) -> None:
+    async def job_event(body: kopf.Body, **kw: Any) -> None:
         op.caches_warm()
+        if managedby.role(body) is managedby.Role.FOREIGN:
+            return  # spec.managedBy names another controller: never reconciled here
         op.enqueue((kw["namespace"], kw["name"]))
         if kw["type"] == "DELETED":
             op.admitter.wake()

@@ -289,6 +289,18 @@ class Kube:
             raise
         return result
 
+    async def get_workload_priority_class(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call(
+                WRITE, self.custom.get_cluster_custom_object, KUEUE_GROUP, KUEUE_VERSION, "workloadpriorityclasses",
+                name,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
     async def pod_spec(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The pod's spec as the API writes it (camelCase), None when it is gone."""
         try:

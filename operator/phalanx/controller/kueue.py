@@ -10,6 +10,7 @@ Kueue): a job waiting for Kueue is looked at again every POLL_SECONDS.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -35,9 +36,15 @@ class KueueAdmission:
         self.op = op
         self.notes: dict[JobKey, AdmissionNote] = {}
         self._flavors: dict[str, kueue.FlavorPlacement] = {}  # ResourceFlavors read so far (they rarely change)
+        self._told: dict[JobKey, kueue.KueueNote] = {}  # why a MultiKueue job is not dispatched, as last said
 
     def forget(self, key: JobKey) -> None:
         self.notes.pop(key, None)
+
+    def gone(self, key: JobKey) -> None:
+        """The job was deleted."""
+        self.forget(key)
+        self._told.pop(key, None)
 
     async def sync(self, key: JobKey, job: JobView, status: TrainingJobStatus, pods: list[PodView]) -> None:
         """One pass for a job that uses Kueue, after its reconcile; `status` is the one just planned."""
@@ -54,23 +61,33 @@ class KueueAdmission:
         ended = status.state in ENDED
         running = status.state == "Running"
         live = frozenset(p.attempt for p in pods if p.phase not in ("Succeeded", "Failed"))
-        wanted = kueue.decide(gang, workloads, self._flavors, finished=ended, running=running, live_attempts=live,
-                                      priority=job.priority)  # fmt: skip
+        prebuilt = kueue.prebuilt_workload(job.labels, job.annotations)
+        mine = prebuilt or kueue.workload_name(job.name, gang.attempt)
+        priority, missing = None, None
+        if not ended and not prebuilt and all(w.name != mine for w in workloads):
+            priority, missing = await self._priority(job)
+        decide = functools.partial(kueue.decide, gang, workloads, running=running, live_attempts=live,
+                                   priority=priority, missing_class=missing, prebuilt=prebuilt)  # fmt: skip
+        wanted = decide(self._flavors, finished=ended, completed=status.state in ("Succeeded", "Failed"))
         for name in wanted.delete:
             await kube.delete_workload(ns, name)
+        if wanted.finish is not None:
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            ok = status.state == "Succeeded"
+            said = next((c.message for c in status.conditions if c.type == status.state and c.status == "True"), "")
+            await kube.apply_workload_status(kueue.finished_apply(ns, wanted.finish, ok, said, now))
         if ended:
             self.forget(key)
             return
         if wanted.create is not None:
             await kube.create_workload(wanted.create)
-        mine = kueue.workload_name(job.name, gang.attempt)
         unread = {f for w in workloads if w.name == mine for f in w.flavors.values()} - set(self._flavors)
         if wanted.placement is None and unread:
             for name in sorted(unread):
                 body = await kube.get_resource_flavor(name)
                 if body is not None:
                     self._flavors[name] = kueue.flavor_placement(body)
-            wanted = kueue.decide(gang, workloads, self._flavors, running=running, live_attempts=live)
+            wanted = decide(self._flavors)
         if wanted.evicted is not None:
             # The next reconcile stops the gang and starts the next attempt (core/reconcile.py _evicted).
             ev = wanted.evicted
@@ -108,6 +125,57 @@ class KueueAdmission:
         log.info("%s/%s: Kueue admitted attempt %d on flavor(s) %s; gates lifted", *key, gang.attempt,
                  ", ".join(wanted.flavors))  # fmt: skip
         self.op.queue.add(key)
+
+    async def dispatch(self, key: JobKey, job: JobView) -> kueue.KueueNote | None:
+        """A job with spec.managedBy kueue.x-k8s.io/multikueue on a manager cluster: only its Workload
+        <job>-a1, which Kueue's MultiKueue dispatches to a worker cluster with a copy of the job. No pods,
+        no status (MultiKueue copies the worker's), no Workload deleted (its owner reference does that).
+        Returns what keeps it from being dispatched, once per distinct reason (the caller posts it as an
+        Event: the status is MultiKueue's)."""
+        kube = self.op.kube
+        assert kube is not None
+        if job.spec is None or job.deleting:
+            return None
+        if not job.spec.scheduling.queue_name:
+            return self._tell(key, kueue.KueueNote(
+                "NoQueueName", f"managedBy {job.spec.managed_by} needs spec.scheduling.queueName: no Workload made"
+            ))  # fmt: skip
+        name = kueue.workload_name(job.name, 1)
+        if any(w["metadata"]["name"] == name for w in await kube.list_workloads(job.namespace, job.name)):
+            return None
+        priority, missing = await self._priority(job)
+        if missing is not None:
+            self.op.queue.add_after(key, POLL_SECONDS * 5)
+            return self._tell(key, kueue.KueueNote(
+                kueue.PRIORITY_CLASS_NOT_FOUND,
+                f"WorkloadPriorityClass {missing} (label {kueue.PRIORITY_CLASS_LABEL}) does not exist: no Workload "
+                "made for MultiKueue until it does",
+            ))  # fmt: skip
+        await kube.create_workload(kueue.build_workload(Gang(job.name, job.namespace, job.uid, job.spec, 1), priority))
+        log.info("%s/%s: Workload %s created for MultiKueue to dispatch", *key, name)
+        self._told.pop(key, None)
+        return None
+
+    def _tell(self, key: JobKey, note: kueue.KueueNote) -> kueue.KueueNote | None:
+        if self._told.get(key) == note:
+            return None
+        self._told[key] = note
+        log.warning("%s/%s: %s", *key, note.message)
+        return note
+
+    async def _priority(self, job: JobView) -> tuple[kueue.WorkloadPriority | None, str | None]:
+        """The new Workload's priority: the WorkloadPriorityClass of the job's kueue.x-k8s.io/priority-class
+        label (read now: Kueue fills in no priority for a Workload it did not make), else the pods'
+        PriorityClass. Second: the label's class when it does not exist."""
+        assert self.op.kube is not None and job.spec is not None
+        label = job.labels.get(kueue.PRIORITY_CLASS_LABEL)
+        if label:
+            body = await self.op.kube.get_workload_priority_class(label)
+            if body is None:
+                return None, label
+            return kueue.WorkloadPriority.workload_class(label, int(body.get("value") or 0)), None
+        klass = job.spec.scheduling.priority_class_name
+        return (kueue.WorkloadPriority.pod_class(klass, job.priority), None) if klass else (None, None)
 
     def _job_named_by(self, uid: str | None) -> str | None:
         """namespace/name of the TrainingJob with this UID, from the operator's cache."""

@@ -22,7 +22,7 @@ from phalanx.controller.kueue import KueueAdmission
 from phalanx.controller.scraper import Scraper, ScrapeSettings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
-from phalanx.core import names
+from phalanx.core import managedby, names
 from phalanx.core.gang import Gang
 from phalanx.core.lease import LeaseSettings
 from phalanx.core.model import JobView, Plan, PodView
@@ -323,6 +323,7 @@ class Operator:
         body = self.job_body(key)
         if body is None:
             self._forget(key)
+            self.kueue.gone(key)
             return
         meta = body["metadata"]
         if meta.get("resourceVersion") == self._replaced.get(key):
@@ -331,6 +332,14 @@ class Operator:
         spec = body.get("spec") or {}
         priority = self.priority((spec.get("scheduling") or {}).get("priorityClassName"))
         job = job_view(body, priority)
+        who = managedby.role(body)
+        if who is not managedby.Role.RECONCILE:  # spec.managedBy: another controller's job (core/managedby.py)
+            self._forget(key)
+            held = await self.kueue.dispatch(key, job) if who is managedby.Role.DISPATCH else None
+            if held is not None:
+                ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body["metadata"]}
+                self._post(ref, "Warning", held.reason, held.message)
+            return
         pods = self.pods_of(key, job.uid)
         service_exists = self._one("service_index", key) is not None
         claim = caches.checkpoint_claim(key, spec)

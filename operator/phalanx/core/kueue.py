@@ -41,6 +41,38 @@ JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue names the preemptor's job by i
 # requeue count afresh (docs/scheduling.md).
 PREEMPTED = "Preempted"
 PODS_READY_TIMEOUT = "PodsReadyTimeout"
+# Kueue's jobs take a WorkloadPriorityClass from this label on the job (its jobframework reads it the same
+# way); it outranks the pods' PriorityClass for the Workload's priority, as in Kueue.
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
+PRIORITY_CLASS_NOT_FOUND = "WorkloadPriorityClassNotFound"
+# On a MultiKueue worker cluster the job is Kueue's copy, which names the Workload Kueue copied for it: in
+# this annotation (Kueue 0.19's default, feature gate WorkloadIdentifierAnnotations), or in a label of the
+# same key (older Kueue, or the gate off). Kueue itself reads the annotation first.
+PREBUILT = "kueue.x-k8s.io/prebuilt-workload-name"
+
+
+@dataclass(frozen=True)
+class WorkloadPriority:
+    """What a Workload's spec.priorityClassRef names and spec.priority holds: a WorkloadPriorityClass (the
+    job's kueue.x-k8s.io/priority-class label) or the pods' PriorityClass, with the class's value."""
+
+    group: str
+    kind: str
+    name: str
+    value: int
+
+    @classmethod
+    def workload_class(cls, name: str, value: int) -> WorkloadPriority:
+        return cls(GROUP, "WorkloadPriorityClass", name, value)
+
+    @classmethod
+    def pod_class(cls, name: str, value: int) -> WorkloadPriority:
+        return cls("scheduling.k8s.io", "PriorityClass", name, value)
+
+
+def prebuilt_workload(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str | None:
+    """The Workload MultiKueue made for this copy of a job on a worker cluster, if it is one."""
+    return annotations.get(PREBUILT) or labels.get(PREBUILT) or None
 
 
 def uses_kueue(gang: Gang) -> bool:
@@ -53,11 +85,12 @@ def workload_name(job: str, attempt: int) -> str:
     return re.sub(r"-+$", "", job[: names.DNS_LABEL_MAX - len(suffix)]) + suffix
 
 
-def build_workload(gang: Gang, priority: int | None = None) -> Manifest:
+def build_workload(gang: Gang, priority: WorkloadPriority | None = None, name: str | None = None) -> Manifest:
     """The attempt's Workload: one pod set of `replicas` pods shaped like rank 0 (every rank asks for the
     same resources), without the scheduling gate: Kueue reads the template for its requests only.
-    `priority`: the value of spec.scheduling.priorityClassName's PriorityClass. Kueue orders and preempts
-    by spec.priority and does not fill it in itself: its job framework copies it from the class, as here."""
+    `priority`: the job's WorkloadPriorityClass, else the PriorityClass of spec.scheduling.priorityClassName,
+    with its value. Kueue orders and preempts by spec.priority and does not fill it in itself: its job
+    framework copies it from the class, as here. `name`: the Workload's name (default <job>-a<attempt>)."""
     pod = build_pod(gang, 0)
     spec = copy.deepcopy(pod["spec"])
     spec.pop("schedulingGates", None)
@@ -67,17 +100,16 @@ def build_workload(gang: Gang, priority: int | None = None) -> Manifest:
     queue = gang.spec.scheduling.queue_name
     assert queue is not None
     extra: dict[str, Any] = {}
-    klass = gang.spec.scheduling.priority_class_name
-    if klass and priority is not None:
+    if priority is not None:
         extra = {
-            "priorityClassRef": {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": klass},
-            "priority": priority,
+            "priorityClassRef": {"group": priority.group, "kind": priority.kind, "name": priority.name},
+            "priority": priority.value,
         }
     return {
         "apiVersion": API_VERSION,
         "kind": "Workload",
         "metadata": {
-            "name": workload_name(gang.job, gang.attempt),
+            "name": name or workload_name(gang.job, gang.attempt),
             "namespace": gang.namespace,
             "labels": {**labels, QUEUE_LABEL: queue, JOB_UID_LABEL: gang.uid},
             "ownerReferences": [owner_reference(gang)],
@@ -202,6 +234,9 @@ class KueueStep:
     report_ready: str | None = None
     # Kueue evicted the current attempt's Workload (preempted it, or its pods were not ready in time).
     evicted: KueueEviction | None = None
+    # The job ended and its Workload is MultiKueue's copy (`prebuilt`): marked Finished, never deleted, so
+    # the manager cluster sees it finish.
+    finish: str | None = None
 
 
 def decide(
@@ -211,28 +246,53 @@ def decide(
     finished: bool = False,
     running: bool = False,
     live_attempts: frozenset[int] = frozenset(),
-    priority: int | None = None,
+    priority: WorkloadPriority | None = None,
+    missing_class: str | None = None,
+    prebuilt: str | None = None,
+    completed: bool = False,
 ) -> KueueStep:
     """finished: the job has ended, so no Workload of it should hold quota any more; running: all pods of
     the attempt run (the job's Running condition); live_attempts: the attempts that still have pods not
     finished (terminating ones included). An older attempt's Workload keeps its quota until its pods
     are gone, as Kueue's job framework clears an evicted Workload's admission only once the job is no
-    longer active: a preempted gang saving its checkpoint still holds its GPUs."""
+    longer active: a preempted gang saving its checkpoint still holds its GPUs.
+
+    missing_class: the WorkloadPriorityClass the job's label names does not exist, so no Workload is made.
+    prebuilt: the Workload Kueue's MultiKueue created for this job on a worker cluster (prebuilt_workload()).
+    It serves every attempt, is never created or deleted here (the manager cluster watches it) and is
+    marked Finished once the job has `completed` (Succeeded or Failed)."""
     step = KueueStep()
-    mine = workload_name(gang.job, gang.attempt)
+    mine = prebuilt or workload_name(gang.job, gang.attempt)
     step.delete = [
         w.name
         for w in workloads
-        if finished or (w.name != mine and (w.attempt is None or w.attempt not in live_attempts))
+        if w.name != prebuilt
+        and (finished or (w.name != mine and (w.attempt is None or w.attempt not in live_attempts)))
     ]
-    if finished:
-        return step
     current = next((w for w in workloads if w.name == mine), None)
+    if finished:
+        if prebuilt and completed and current is not None and not current.finished:
+            step.finish = prebuilt
+        return step
     queue = gang.spec.scheduling.queue_name
     if current is not None and current.evicted is not None:
+        note = KueueNote(current.evicted_reason or EVICTED, f"Kueue evicted Workload {current.name}: {current.evicted}")
+        if prebuilt:
+            # MultiKueue's manager answers an eviction on a worker: it takes the job back and dispatches it
+            # again (this copy is deleted), so the gang is not restarted here.
+            step.note = note
+            return step
         step.evicted = KueueEviction(gang.attempt, current.name, current.evicted_reason, current.evicted)
+        step.note = note
+        return step
+    if current is None and prebuilt:
+        step.note = KueueNote(WAITING, f"waiting for MultiKueue's Workload {prebuilt} (LocalQueue {queue})")
+        return step
+    if current is None and missing_class:
         step.note = KueueNote(
-            current.evicted_reason or EVICTED, f"Kueue evicted Workload {current.name}: {current.evicted}"
+            PRIORITY_CLASS_NOT_FOUND,
+            f"WorkloadPriorityClass {missing_class} (label {PRIORITY_CLASS_LABEL}) does not exist: create it or "
+            f"change the label; no Workload is made until then",
         )
         return step
     if current is None:
@@ -260,6 +320,25 @@ def decide(
     if running and not current.pods_ready:
         step.report_ready = current.name
     return step
+
+
+def finished_apply(namespace: str, name: str, succeeded: bool, message: str, now: str) -> Manifest:
+    """A server-side apply of the Workload's Finished=True condition alone, as Kueue's job framework writes
+    it when a job ends (reason Succeeded or Failed): the quota is released and MultiKueue's manager copies
+    the end to its own Workload."""
+    condition = {
+        "type": FINISHED,
+        "status": "True",
+        "reason": "Succeeded" if succeeded else "Failed",
+        "message": message[:32768] or ("the job succeeded" if succeeded else "the job failed"),
+        "lastTransitionTime": now,
+    }
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Workload",
+        "metadata": {"name": name, "namespace": namespace},
+        "status": {"conditions": [condition]},
+    }
 
 
 def pods_ready_apply(namespace: str, name: str, replicas: int, now: str) -> Manifest:

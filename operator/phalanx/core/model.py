@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -31,6 +32,8 @@ class JobView:
     # Status fields whose current value someone other than the operator wrote (from managedFields):
     # "attempt" and "condition/<Type>" (the condition's status).
     foreign_status: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)  # the job's own metadata.labels
+    annotations: Mapping[str, str] = field(default_factory=dict)  # and metadata.annotations
 
 
 @dataclass(frozen=True)

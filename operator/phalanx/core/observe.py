@@ -151,4 +151,6 @@ def job_view(body: Mapping[str, Any], priority: int = 0) -> JobView:
         priority=priority,
         deleting=bool(meta.get("deletionTimestamp")),
         foreign_status=foreign_status(meta),
+        labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+        annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
     )
