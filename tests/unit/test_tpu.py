@@ -1,4 +1,4 @@
-"""TPU slice math, validation and the pods the TPU adapter builds (phalanx.adapters.tpu)."""
+"""TPU slice math, validation and the pods the TPU adapter builds (phalanx.core.frameworks.tpu)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from phalanx.adapters.tpu import (
+from phalanx.api.models import TPUResources, TrainingJobSpec
+from phalanx.core.frameworks.tpu import (
     ACCELERATOR_LABEL,
     NODE_POOL_LABEL,
     TOPOLOGY_LABEL,
@@ -17,7 +18,6 @@ from phalanx.adapters.tpu import (
     chips_per_host,
     hosts,
 )
-from phalanx.api.models import TPUResources, TrainingJobSpec
 from phalanx.core.gang import Gang
 from phalanx.core.pods import build_pod
 from phalanx.core.validation import validate

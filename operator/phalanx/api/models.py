@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from phalanx.api import frameworks
+from phalanx.api.frameworks import Framework, Strategy
+
 GROUP = "phalanx.dev"
 VERSION = "v1alpha1"
 KIND = "TrainingJob"
@@ -48,17 +51,6 @@ class Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True, extra="forbid"
     )
-
-
-class Framework(StrEnum):
-    PYTORCH = "pytorch"
-    TENSORFLOW = "tensorflow"
-
-
-class Strategy(StrEnum):
-    DDP = "ddp"
-    MULTI_WORKER_MIRRORED = "multiWorkerMirrored"
-    TPU = "tpu"
 
 
 class RestartOn(StrEnum):
@@ -336,21 +328,14 @@ class PodSpecShape(BaseModel):
 
 Template.model_rebuild()
 
-STRATEGY_FITS_FRAMEWORK = (
-    "!has(self.strategy) || (self.framework == 'pytorch' ? self.strategy == 'ddp' "
-    ": self.strategy in ['multiWorkerMirrored', 'tpu'])"
-)
+STRATEGY_FITS_FRAMEWORK = frameworks.strategy_rule()
 
 
 class TrainingJobSpec(Model):
     """The desired training job."""
 
     model_config = cel(
-        rule(
-            STRATEGY_FITS_FRAMEWORK,
-            "strategy does not fit framework: pytorch takes ddp; tensorflow takes multiWorkerMirrored or tpu",
-            ".strategy",
-        ),
+        rule(STRATEGY_FITS_FRAMEWORK, frameworks.strategy_message(), ".strategy"),
         rule(
             "!has(self.elastic) || (self.replicas >= self.elastic.minReplicas && "
             "self.replicas <= self.elastic.maxReplicas)",
@@ -363,8 +348,8 @@ class TrainingJobSpec(Model):
             ".resources.tpu",
         ),
         rule(
-            "!has(self.preflight) || self.framework == 'pytorch'",
-            "preflight runs with the PyTorch trainer runtime only",
+            frameworks.preflight_rule(),
+            f"preflight runs with the {' or '.join(frameworks.preflight_frameworks())} trainer runtime only",
             ".preflight",
         ),
         rule(
@@ -426,11 +411,11 @@ class TrainingJobSpec(Model):
     def effective_strategy(self) -> Strategy:
         if self.strategy is not None:
             return self.strategy
-        return Strategy.DDP if self.framework is Framework.PYTORCH else Strategy.MULTI_WORKER_MIRRORED
+        return frameworks.default_strategy(self.framework)
 
     def effective_procs_per_pod(self) -> int:
         if self.procs_per_pod == "auto":
-            return max(1, self.resources.gpus) if self.framework is Framework.PYTORCH else 1
+            return max(1, self.resources.gpus) if frameworks.TABLE[self.framework].procs_per_gpu else 1
         return self.procs_per_pod
 
     def world_size(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from phalanx import __version__
+from phalanx.api.frameworks import Framework
 from phalanx.api.models import TrainingJobStatus
 from phalanx.core import conditions as cond
 from phalanx.core.model import JobView
@@ -98,7 +99,7 @@ TELEMETRY_UPDATES = Counter(
     ["kind"],
 )
 
-FRAMEWORKS = ("pytorch", "tensorflow")
+FRAMEWORKS = tuple(Framework)
 for _framework in FRAMEWORKS:
     # Known label values start at 0, so rate() and increase() see the first event.
     JOB_STARTS.labels(framework=_framework)

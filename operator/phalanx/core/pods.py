@@ -6,10 +6,10 @@ import copy
 from typing import Any
 
 from phalanx import contract
-from phalanx.adapters import adapter_for
-from phalanx.adapters.base import env_var
 from phalanx.api.models import API_VERSION, KIND, RestartMode
 from phalanx.core import names
+from phalanx.core.frameworks import adapter_for
+from phalanx.core.frameworks.base import env_var
 from phalanx.core.gang import Gang
 from phalanx.core.model import Manifest
 

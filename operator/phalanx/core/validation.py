@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from phalanx.adapters import adapter_for
-from phalanx.api.models import Framework, TrainingJobSpec
+from phalanx.api import frameworks
+from phalanx.api.models import TrainingJobSpec
 from phalanx.core import names
+from phalanx.core.frameworks import adapter_for
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -27,7 +28,8 @@ def validate(job_name: str, spec: TrainingJobSpec) -> list[str]:
     containers = spec.template.spec.containers
     if sum(1 for c in containers if c.name == names.TRAINER_CONTAINER) != 1:
         problems.append("spec.template.spec.containers: exactly one container must be named 'trainer'")
-    if spec.preflight is not None and spec.framework is not Framework.PYTORCH:
-        problems.append("spec.preflight: runs with the PyTorch trainer runtime only")
+    if spec.preflight is not None and spec.framework not in frameworks.preflight_frameworks():
+        takes = " or ".join(frameworks.preflight_frameworks())
+        problems.append(f"spec.preflight: runs with the {takes} trainer runtime only")
     problems += adapter_for(spec.effective_strategy()).validate(spec)
     return problems

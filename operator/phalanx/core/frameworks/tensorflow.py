@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from phalanx import contract
-from phalanx.adapters.base import EnvVar, Port, env_var
-from phalanx.api.models import Framework, Strategy, TrainingJobSpec
+from phalanx.api.frameworks import Framework, Strategy
+from phalanx.api.models import TrainingJobSpec
+from phalanx.core.frameworks.base import EnvVar, Port, env_var
 from phalanx.core.gang import Gang
 
 

@@ -1,10 +1,12 @@
-"""The interface every framework strategy implements. Adding JAX later is one new file."""
+"""The interface every framework strategy implements. Adding JAX: this file's Protocol in a new file,
+registered in core/frameworks/__init__.py, and its entry in the framework table (api/frameworks.py)."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from phalanx.api.models import Framework, Strategy, TrainingJobSpec
+from phalanx.api.frameworks import Framework, Strategy
+from phalanx.api.models import TrainingJobSpec
 from phalanx.core.gang import Gang
 
 EnvVar = dict[str, Any]

@@ -16,9 +16,10 @@ import math
 from typing import Any
 
 from phalanx import contract
-from phalanx.adapters.base import EnvVar, Port, env_var
-from phalanx.api.models import Framework, Strategy, TPUResources, TrainingJobSpec
+from phalanx.api.frameworks import Framework, Strategy
+from phalanx.api.models import TPUResources, TrainingJobSpec
 from phalanx.core import names
+from phalanx.core.frameworks.base import EnvVar, Port, env_var
 from phalanx.core.gang import Gang
 
 TPU_RESOURCE = "google.com/tpu"
