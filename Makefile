@@ -57,6 +57,7 @@ lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	$(PYTHON) -c 'from importlinter.cli import lint_imports_command; lint_imports_command()' --no-cache  # layers: pyproject.toml
 
 test-unit: deps verify lint
 	$(PYTHON) -m pytest -m "not cluster and not training and not e2e and not realnode" $(PYTEST_ARGS)

@@ -33,7 +33,7 @@ TARGETS = {
     "demo-real": (["torch"], ["kopf", "kubernetes", "pydantic", "prometheus_client", "yaml", "torch"], None),
     "test": (["dev", "torch", "tensorflow"],
              ["kopf", "kubernetes", "pydantic", "prometheus_client", "yaml", "torch", "tensorflow", "tf_keras",
-              "pytest", "mypy", "ruff", "matplotlib", "grafana_foundation_sdk"], None),
+              "pytest", "mypy", "ruff", "importlinter", "matplotlib", "grafana_foundation_sdk"], None),
 }  # fmt: skip
 # Commands the Debian packages above provide: how a missing package is noticed without dpkg.
 COMMANDS = {"gcc": "gcc", "util-linux": "unshare", "openssl": "openssl"}
