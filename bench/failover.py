@@ -46,7 +46,7 @@ class Operator:
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("operator", "trainers")),
-            "PHALANX_METRICS_PORT": "0",
+            "PHALANX_OPERATOR_METRICS_PORT": "0",
             "PHALANX_TELEMETRY": "off",
             "PHALANX_POD_NAME": identity,
             **lease,

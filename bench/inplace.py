@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
-            "PHALANX_METRICS_PORT": "0",
+            "PHALANX_OPERATOR_METRICS_PORT": "0",
             "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("operator", "trainers")),
             "PHALANX_SCRAPE_NETWORKS": f"{realnode.POD_SUBNET},127.0.0.0/8",
         }

@@ -122,7 +122,7 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("operator", "trainers")),
-            "PHALANX_METRICS_PORT": str(self.port),
+            "PHALANX_OPERATOR_METRICS_PORT": str(self.port),
             "PHALANX_TELEMETRY": telemetry,
         }
         self.log = log.open("ab")

@@ -248,7 +248,7 @@ class Phalanx(Subject):
             [sys.executable, "-m", "phalanx.controller"],
             env=_env(
                 KUBECONFIG=str(self.kubeconfig),
-                PHALANX_METRICS_PORT=str(port),
+                PHALANX_OPERATOR_METRICS_PORT=str(port),
                 PHALANX_API_CONCURRENCY=str(self.concurrency),
                 PHALANX_WORKERS=str(self.workers),
                 # kwok pods have fake IPs and no trainer: never scrape them (loopback-only machine).

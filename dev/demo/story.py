@@ -68,7 +68,7 @@ class Demo:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainers")]),
-            "PHALANX_METRICS_PORT": "0",  # no operator metrics port: nothing to collide with
+            "PHALANX_OPERATOR_METRICS_PORT": "0",  # no operator metrics port: nothing to collide with
             # Throughput over the last 10 s, read every 2 s, so the numbers fill in and settle during a short
             # run (the defaults are 15 s and a 60-s window, like Prometheus's rate(...[1m])).
             "PHALANX_SCRAPE_INTERVAL_SECONDS": "2",

@@ -157,7 +157,7 @@ def test_default_render() -> None:
         "PHALANX_WORKERS": "8",
         "PHALANX_SCRAPE_INTERVAL_SECONDS": "15",
         "PHALANX_SCRAPE_TIMEOUT_SECONDS": "3",
-        "PHALANX_METRICS_PORT": "8080",
+        "PHALANX_OPERATOR_METRICS_PORT": "8080",
     }
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
     assert anti["topologyKey"] == "kubernetes.io/hostname"  # replicas prefer different nodes
@@ -202,7 +202,7 @@ def test_non_default_render() -> None:
         **LEASE_ENV, "PHALANX_LEASE_NAME": "ops-phalanx", "PHALANX_LEASE_DURATION_SECONDS": "30",
         "PHALANX_LEASE_RENEW_DEADLINE_SECONDS": "20", "PHALANX_LEASE_RETRY_PERIOD_SECONDS": "2.5",
         "PHALANX_WATCH_NAMESPACE": "ml-jobs", "PHALANX_WORKERS": "3", "PHALANX_SCRAPE_INTERVAL_SECONDS": "15",
-        "PHALANX_SCRAPE_TIMEOUT_SECONDS": "1.5", "PHALANX_METRICS_PORT": "9090",
+        "PHALANX_SCRAPE_TIMEOUT_SECONDS": "1.5", "PHALANX_OPERATOR_METRICS_PORT": "9090",
     }  # fmt: skip
     assert c["resources"] == {"requests": {"cpu": "250m", "memory": "300Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
     pod = find(docs, "Deployment")["spec"]["template"]
@@ -289,7 +289,7 @@ def test_lease_timings_out_of_order_fail_with_a_message(timings: dict[str, int])
 
 def test_metrics_off_sets_port_zero_and_drops_the_service() -> None:
     docs = render({"metrics": {"enabled": False}})
-    assert env(docs)["PHALANX_METRICS_PORT"] == "0"
+    assert env(docs)["PHALANX_OPERATOR_METRICS_PORT"] == "0"
     assert "Service" not in kinds(docs)
     assert [p["name"] for p in container(docs)["ports"]] == ["healthz"]
 

@@ -209,7 +209,7 @@ def test_efficiency_matches_prometheus_and_every_dashboard_query_has_data(
     op_port = free_port()
     operator = operator_process(
         {
-            "PHALANX_METRICS_PORT": str(op_port),
+            "PHALANX_OPERATOR_METRICS_PORT": str(op_port),
             "PHALANX_SCRAPE_INTERVAL_SECONDS": "2",
             "PHALANX_SCRAPE_WINDOW_SECONDS": str(WINDOW_S),
             "PHALANX_TELEMETRY_MIN_UPDATE_SECONDS": "4",

@@ -64,10 +64,12 @@ def operator(crd: Path) -> Iterator[Any]:
     import kopf
     from kopf.testing import KopfRunner
 
+    from phalanx.controller import settings as operator_settings
     from phalanx.controller.handlers import build_registry
     from phalanx.controller.operator import Operator
 
-    op = Operator(workers=8, election=lease_settings(f"phalanx-test-{uuid.uuid4().hex[:8]}"))
+    # The session's settings as the operator process would read them (PHALANX_SCRAPE_NETWORKS above).
+    op = Operator(operator_settings.read(), lease=lease_settings(f"phalanx-test-{uuid.uuid4().hex[:8]}"))
     settings = kopf.OperatorSettings()
     settings.watching.server_timeout = 30
     settings.watching.client_timeout = 40
@@ -88,7 +90,7 @@ class OperatorProcess:
         self.env = full_env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
-            "PHALANX_METRICS_PORT": "0",
+            "PHALANX_OPERATOR_METRICS_PORT": "0",
             "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainers")]),
             **(env or {}),
         }

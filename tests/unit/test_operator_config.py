@@ -19,7 +19,12 @@ REPO = Path(__file__).resolve().parents[2]
     [
         ("PHALANX_WORKERS=0", "PHALANX_WORKERS=0 is outside 1..1024"),
         ("PHALANX_WORKERS=2.5", "PHALANX_WORKERS=2.5 is not a whole number"),
-        ("PHALANX_METRICS_PORT=http", "PHALANX_METRICS_PORT='http' is not a number"),
+        ("PHALANX_OPERATOR_METRICS_PORT=http", "PHALANX_OPERATOR_METRICS_PORT='http' is not a number"),
+        (
+            "PHALANX_METRICS_PORT=8080",
+            "PHALANX_METRICS_PORT is the trainer runtime's metrics port; the operator's is "
+            "PHALANX_OPERATOR_METRICS_PORT: rename it",
+        ),
         ("PHALANX_API_CONCURRENCY=100000", "PHALANX_API_CONCURRENCY=100000 is outside 1..1024"),
         ("PHALANX_SCRAPE_INTERVAL_SECONDS=soon", "PHALANX_SCRAPE_INTERVAL_SECONDS='soon' is not a number"),
     ],
@@ -40,3 +45,27 @@ def test_env_numbers() -> None:
     assert env_int({"X": "7"}, "X", 1, 0, 10) == 7
     with pytest.raises(ConfigError, match=r"X=11 is outside 0\.\.10"):
         env_int({"X": "11"}, "X", 1, 0, 10)
+
+
+def test_the_settings_are_read_into_one_object_that_wires_the_operator() -> None:
+    from phalanx.controller import settings
+    from phalanx.controller.operator import Operator
+
+    s = settings.from_env({
+        "PHALANX_WORKERS": "3", "PHALANX_WATCH_NAMESPACE": "ml", "PHALANX_SCRAPE_TIMEOUT_SECONDS": "1.5",
+        "PHALANX_OPERATOR_METRICS_PORT": "0", "PHALANX_LEADER_ELECTION": "false",
+    })  # fmt: skip
+    assert (s.workers, s.watch_namespace, s.metrics_port, s.lease.enabled) == (3, "ml", None, False)
+    op = Operator(s)
+    assert (op.workers, op.watch_namespace, op.scraper.settings.timeout_s, op.election.enabled) == (3, "ml", 1.5, False)
+
+
+def test_only_the_settings_module_reads_the_environment() -> None:
+    # KUBECONFIG is the kubernetes client's own variable, read where the client is configured.
+    readers = {
+        str(p.relative_to(REPO))
+        for d in ("core", "controller")
+        for p in (REPO / "operator" / "phalanx" / d).rglob("*.py")
+        if "os.environ" in p.read_text() or "getenv" in p.read_text()
+    }
+    assert readers == {"operator/phalanx/controller/settings.py", "operator/phalanx/controller/kube.py"}

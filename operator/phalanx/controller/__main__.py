@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 from kopf.cli import main
@@ -13,11 +12,11 @@ from phalanx.core.settings import ConfigError
 if __name__ == "__main__":
     try:
         # Reads and checks every setting; kopf's `-m` below then finds the module already loaded.
-        importlib.import_module("phalanx.controller.main")
+        main_module = importlib.import_module("phalanx.controller.main")
     except ConfigError as e:  # every setting's error, the lease's and the scraper's too
         print(f"phalanx operator: bad setting: {e}", file=sys.stderr)
         sys.exit(2)
-    namespace = os.environ.get("PHALANX_WATCH_NAMESPACE")
+    namespace = main_module.SETTINGS.watch_namespace
     scope = ["--namespace", namespace] if namespace else ["--all-namespaces"]
     sys.argv = ["kopf", "run", "--standalone", *scope, "-m", "phalanx.controller.main", *sys.argv[1:]]
     main()

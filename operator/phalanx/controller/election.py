@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -25,26 +22,6 @@ from phalanx.core import lease
 from phalanx.core.lease import Action, LeaseRecord, LeaseSettings
 
 log = logging.getLogger("phalanx")
-
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-
-def default_namespace() -> str:
-    """In a pod: its own namespace (the chart's Role grants Leases there only); else `default`."""
-    try:
-        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
-            return f.read().strip() or "default"
-    except OSError:
-        return "default"
-
-
-def settings_from_env() -> LeaseSettings:
-    settings = LeaseSettings.from_env(default_namespace=default_namespace())
-    if settings.identity:
-        return settings
-    # Outside a pod: unique per process, so two operators on one machine contend like two pods.
-    identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    return LeaseSettings(**{**settings.__dict__, "identity": identity})
 
 
 def to_record(spec: Any) -> LeaseRecord:

@@ -7,7 +7,6 @@ fresh registry per operator with `build_registry()` and run it under kopf.testin
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -33,7 +32,7 @@ INDEXES = (
 )
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
+def configure(settings: kopf.OperatorSettings, one_namespace: bool = False) -> None:
     # Progress annotations and handler results stay out of .status: status is the operator's own.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.phalanx.dev")
     # Only indexes and on.event handlers: no essence to compare (controller/essence.py).
@@ -44,7 +43,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
     # Watching one namespace needs no cluster-wide discovery of namespaces and CRDs (least privilege).
-    settings.scanning.disabled = bool(os.environ.get("PHALANX_WATCH_NAMESPACE"))
+    settings.scanning.disabled = one_namespace
 
 
 def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.OperatorRegistry:
@@ -52,7 +51,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-        configure(settings)
+        configure(settings, one_namespace=op.watch_namespace is not None)
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
         if metrics_port:
             start_http_server(metrics_port)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from phalanx.core.health import NodeSignals
@@ -16,9 +15,8 @@ class NodeSignalsError(ConfigError):
     """The settings do not parse; the operator refuses to start (one line, exit 2)."""
 
 
-def from_env(env: Mapping[str, str] | None = None) -> NodeSignals:
+def from_env(env: Mapping[str, str]) -> NodeSignals:
     """`Type=Status` pairs and taint keys, comma-separated; unset: the defaults, empty: none."""
-    env = os.environ if env is None else env
     conditions = NodeSignals().conditions
     raw = env.get(ENV_CONDITIONS)
     if raw is not None:

@@ -8,23 +8,24 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from phalanx.api.models import API_VERSION, KIND
-from phalanx.controller import caches, metrics, node_signals
+from phalanx.controller import caches, metrics
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
 from phalanx.controller.caches import JobKey
-from phalanx.controller.election import Elector, settings_from_env
+from phalanx.controller.election import Elector
 from phalanx.controller.kube import Conflict, Gone, Kube, NotLeading, api_error_message, refusal_of
 from phalanx.controller.kueue import KueueAdmission
-from phalanx.controller.scraper import Scraper, ScrapeSettings
+from phalanx.controller.scraper import Scraper
+from phalanx.controller.settings import Settings
 from phalanx.controller.workqueue import WorkQueue
 from phalanx.core import conditions as cond
 from phalanx.core import managedby, names
 from phalanx.core.gang import Gang
-from phalanx.core.lease import LeaseSettings
 from phalanx.core.model import JobView, Plan, PodView
 from phalanx.core.nodeloss import FINISHED, NodeHealth
 from phalanx.core.observe import format_time, job_view
@@ -50,16 +51,19 @@ def _generation(body: Mapping[str, Any] | None) -> int:
 
 
 class Operator:
-    def __init__(self, workers: int = 8, api_concurrency: int = 16, election: LeaseSettings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        """`settings` as controller/settings.py read them at start (defaults when None); `overrides`
+        replace single fields (tests)."""
+        s = replace(settings or Settings(), **overrides)
         self.queue = WorkQueue()
-        # Leader election (controller/election.py); read here so that bad settings stop the operator at once.
-        self.election = election if election is not None else settings_from_env()
+        self.election = s.lease  # leader election (controller/election.py)
         self.elector: Elector | None = None
         self._election: asyncio.Task[None] | None = None
         self._releasing: asyncio.Task[None] | None = None
         self._warm: asyncio.Event | None = None  # set once kopf has filled every cache
-        self.workers = workers
-        self.api_concurrency = api_concurrency
+        self.workers = s.workers
+        self.watch_namespace = s.watch_namespace
+        self.api_concurrency = s.api_concurrency
         self.kube: Kube | None = None
         self.indices: Mapping[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,9 +81,8 @@ class Operator:
         self.refused = Backoff()
         self._refusals: dict[JobKey, CreateRefusal] = {}
         self._node_health: dict[str, NodeHealth] = {}  # last seen per node, to skip heartbeat-only events
-        # Trainer telemetry; settings are validated here so a misconfiguration stops the operator at once.
-        self.scraper = Scraper(self, ScrapeSettings.from_env())
-        self.node_signals = node_signals.from_env()
+        self.scraper = Scraper(self, s.scrape)  # trainer telemetry
+        self.node_signals = s.node_signals
         self._unhealthy_nodes: dict[str, str] = {}  # node -> why, as last seen, to wake its jobs on a change
 
     # --- lifecycle -------------------------------------------------------------------------------

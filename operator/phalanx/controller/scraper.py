@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import time
 import zlib
 from collections import deque
@@ -110,8 +109,7 @@ class ScrapeSettings:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ScrapeSettings:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> ScrapeSettings:
         source = (env.get(ENV_SOURCE) or SCRAPE).strip().lower()
         if source not in SOURCES:
             hint = (

@@ -13,7 +13,6 @@ unchanged; the leader judges itself by how long ago it last renewed. The leader 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -65,8 +64,7 @@ class LeaseSettings:
             )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, default_namespace: str = "default") -> LeaseSettings:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str], default_namespace: str = "default") -> LeaseSettings:
         enabled = (env.get(ENV_ENABLED) or "true").strip().lower()
         if enabled not in ("true", "false"):
             raise LeaseConfigError(f"{ENV_ENABLED}={env.get(ENV_ENABLED)!r} is not true or false")

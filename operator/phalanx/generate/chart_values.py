@@ -181,7 +181,7 @@ class Monitor(Values):
 
 class Metrics(Values):
     enabled: StrictBool = True
-    """Serve Prometheus metrics (PHALANX_METRICS_PORT); off sets the port to 0."""
+    """Serve Prometheus metrics (PHALANX_OPERATOR_METRICS_PORT); off sets the port to 0."""
     port: Port = 8080
     """Container port of the metrics endpoint."""
     service: MetricsService = MetricsService()
