@@ -227,8 +227,8 @@ class RunPolicy(Model):
     nodes and addresses (Kubernetes 1.36 RestartAllContainers; nodes must declare the feature
     RestartAllContainersOnContainerExits). The trainers see the new attempt; a pod that cannot restart in
     place (ended, on a lost node, or not restarted within 30 s) is recreated. Other restarts (rescale,
-    Hung, node loss, preemption) and the restarts of a job Kueue queues always recreate (docs/design.md,
-    In-place gang restart)."""
+    Hung, node loss, preemption) and the restarts of a job Kueue queues or of one on gangBackend PodGroup (each
+    attempt there is a PodGroup of its own) always recreate (docs/design.md, In-place gang restart)."""
 
 
 class StragglerPolicy(Model):
