@@ -149,7 +149,7 @@ def test_two_competing_gangs_never_half_place(
     jobs: JobClient, namespace: str, core_v1: client.CoreV1Api, pod_watch: PodWatch
 ) -> None:
     """Two 3 x 8-GPU gangs on 32 GPUs: one runs whole, the other binds nothing (though 8 GPUs stay free,
-    room for one of its pods) until the first ends; then it runs whole. Never both at once."""
+    room for one of its pods) until room for all three is free; then it runs whole."""
     jobs.create(native_job("a", 3))
     jobs.create(native_job("b", 3))
     wait_for(lambda: any(all_running(3)(jobs.pods(n)) for n in ("a", "b")), timeout=90, what="one gang running whole")
@@ -168,11 +168,12 @@ def test_two_competing_gangs_never_half_place(
     for p in jobs.pods(winner):
         sim.make_pod_succeed(core_v1, namespace, p.metadata.name)
     jobs.wait_pods(loser, all_running(3), timeout=120, what=f"{loser} running whole after {winner} ended")
-    assert not pod_watch.bound_at_once("a", "b"), "both gangs held nodes at the same moment"
+    # Every recorded moment: a pod of the loser is bound only when the winner has at most one pod left on
+    # the 4 nodes, i.e. when all three of the loser's fit. Plain pods would take the free node at once.
     for snap in pod_watch.snapshots():
         live = [s for s in snap.values() if s.node and s.phase not in ("Succeeded", "Failed")]
-        if sum(1 for s in live if s.job == winner) == 3:
-            assert not [s.name for s in live if s.job == loser], "the loser was bound while the winner ran"
+        held = {job: sum(1 for s in live if s.job == job) for job in (winner, loser)}
+        assert held[loser] == 0 or held[winner] <= 1, f"{loser} bound beside {held[winner]} pods of {winner}: {snap}"
 
 
 def test_default_jobs_still_use_phalanx_gates(

@@ -69,7 +69,7 @@ def test_every_shipped_profile_parses() -> None:
 
 def test_default_and_real_profiles_turn_native_gang_scheduling_on(tmp_path: Path) -> None:
     """The gates reach every component that reads them, and the apiserver serves the alpha API."""
-    for name in ("default", "real"):
+    for name in ("default", "real", "scale"):
         prof = load_profile(name)
         assert prof.feature_gates == {"GenericWorkload": True, "GangScheduling": True}
         assert prof.runtime_config == ("scheduling.k8s.io/v1alpha2",)
