@@ -141,6 +141,18 @@ def test_a_leftover_being_deleted_is_waited_for_not_reused() -> None:
     assert not step.create and not step.ready and not step.delete_workloads
 
 
+def test_a_deleted_jobs_objects_of_the_same_name_are_never_adopted_nor_deleted_by_its_successor() -> None:
+    def theirs(attempt: int) -> podgroup.GroupView:
+        body = podgroup.build_pod_group(gang(attempt=attempt))
+        body["metadata"]["ownerReferences"][0]["uid"] = "old-uid"
+        return podgroup.group_view(body)
+
+    step = podgroup.decide(gang(), [theirs(1), theirs(2)], [theirs(1)])
+    assert not step.ready and not step.create and step.note is not None and "j-a1" in step.note.message
+    assert not step.delete_workloads and not step.delete_pod_groups  # the garbage collector's
+    assert podgroup.group_view(podgroup.build_workload(gang())).owner_uid == "uid"
+
+
 # -- the reconcile ---------------------------------------------------------------------------------
 
 

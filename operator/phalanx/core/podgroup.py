@@ -91,6 +91,7 @@ class GroupView:
     name: str
     attempt: int | None
     deleting: bool = False
+    owner_uid: str | None = None  # the controlling TrainingJob's UID
     # PodGroups only: the kube-scheduler's PodGroupScheduled condition (status, reason, message).
     scheduled: str | None = None
     reason: str = ""
@@ -105,10 +106,12 @@ def group_view(body: Mapping[str, Any]) -> GroupView:
         attempt = None
     conds = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
     scheduled = conds.get(SCHEDULED) or {}
+    owner: Mapping[str, Any] = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), {})
     return GroupView(
         name=str(meta.get("name", "")),
         attempt=attempt,
         deleting=bool(meta.get("deletionTimestamp")),
+        owner_uid=str(owner["uid"]) if "uid" in owner else None,
         scheduled=str(scheduled["status"]) if "status" in scheduled else None,
         reason=str(scheduled.get("reason") or ""),
         message=str(scheduled.get("message") or ""),
@@ -145,9 +148,15 @@ def decide(
     reads a pod's PodGroup for as long as the pod is unscheduled, and a terminating pod may still be."""
     step = PodGroupStep()
     mine = group_name(gang.job, gang.attempt)
+    # Objects of an earlier job of the same name (deleted and created again) are the garbage collector's.
+    workloads = [v for v in workloads if v.owner_uid in (None, gang.uid) or v.name == mine]
+    pod_groups = [v for v in pod_groups if v.owner_uid in (None, gang.uid) or v.name == mine]
+
+    def foreign(v: GroupView | None) -> bool:
+        return v is not None and (v.deleting or v.owner_uid not in (None, gang.uid))
 
     def stale(v: GroupView) -> bool:
-        return not v.deleting and (
+        return not foreign(v) and (
             finished or (v.name != mine and (v.attempt is None or v.attempt not in live_attempts))
         )
 
@@ -157,8 +166,8 @@ def decide(
         return step
     workload = next((v for v in workloads if v.name == mine), None)
     group = next((v for v in pod_groups if v.name == mine), None)
-    if (workload is not None and workload.deleting) or (group is not None and group.deleting):
-        # A leftover of the same name (a job deleted and created again) must be gone before its successor.
+    if foreign(workload) or foreign(group):
+        # A leftover of the same name (being deleted, or a deleted job's) must be gone before its successor.
         step.note = PodGroupNote(WAITING, f"waiting for the old Workload/PodGroup {mine} to be deleted")
         return step
     if workload is None:
