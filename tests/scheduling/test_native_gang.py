@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 
+import localcluster
 from localcluster import sim
-from localcluster.testing import wait_for
-from tests.plugins.operator import JobClient
+from localcluster.testing import Kubectl, create_namespace, unique_namespace_name, wait_for
+from tests.plugins.operator import CRD, JobClient, OperatorProcess, job_manifest
 from tests.scheduling.conftest import PodWatch, all_running, gpu_job
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -189,13 +191,44 @@ def test_default_jobs_still_use_phalanx_gates(
     assert objects(api_client, namespace, "workloads", "plain") == []
 
 
-def test_without_the_api_the_job_waits_with_the_apiservers_answer(
+def test_on_a_control_plane_without_the_gates_the_job_waits_with_the_apiservers_answer(
+    tmp_path: Path, operator_process: Callable[..., OperatorProcess]
+) -> None:
+    """A second, stock 1.36 control plane (profile stock: no alpha gates, v1alpha2 not served) with the
+    operator as a process against it: the job stays Queued with PodGroupAPIUnavailable, no pod, no error."""
+    info = localcluster.up("stock", tmp_path / "stock", die_with_parent=True, log=lambda _: None)
+    api = config.new_client_from_config(config_file=str(info.kubeconfig))
+    try:
+        stock = Kubectl(info.kubeconfig)
+        assert "podgroups" not in stock("api-resources", "--api-group=scheduling.k8s.io", "-o", "name").stdout
+        stock.apply_crd(CRD)
+        core = client.CoreV1Api(api)
+        ns = create_namespace(core, unique_namespace_name("nogates"))
+        operator_process(kubeconfig_path=info.kubeconfig)
+        jobs = JobClient(api, ns)
+        jobs.create(job_manifest("nogates", replicas=2, scheduling=NATIVE))
+        job = jobs.wait(
+            "nogates",
+            lambda j: (jobs.condition("nogates", "Admitted") or {}).get("reason") == "PodGroupAPIUnavailable",
+            timeout=90,
+            what="PodGroupAPIUnavailable",
+        )
+        c = next(x for x in job["status"]["conditions"] if x["type"] == "Admitted")
+        assert c["status"] == "False" and "scheduling.k8s.io/v1alpha2" in c["message"]
+        assert "the server could not find the requested resource" in c["message"]  # the apiserver's words
+        assert job["status"]["state"] == "Queued" and jobs.pods("nogates") == []
+        assert not any(x["type"] in ("Failed", "ReconcileError") and x["status"] == "True"
+                       for x in job["status"]["conditions"])  # fmt: skip
+    finally:
+        api.close()
+        localcluster.down(tmp_path / "stock", log=lambda _: None)
+
+
+def test_without_the_api_the_job_waits_and_starts_once_it_answers(
     jobs: JobClient, operator: Any, api_client: client.ApiClient
 ) -> None:
-    """The same apiserver, asked for an API version it does not serve (what a cluster without the feature
-    gates answers for scheduling.k8s.io/v1alpha2): the job stays queued with PodGroupAPIUnavailable and
-    no pod; once the API answers, the gang runs. What is not tested here: a control plane started with the
-    gates off (a second cluster on this machine costs more than the check is worth)."""
+    """The session's apiserver asked for a version it does not serve (its answer is the stock cluster's
+    above): PodGroupAPIUnavailable while it is so, and the gang runs once the API answers."""
     operator.pod_groups.version = "v1alpha0"
     try:
         jobs.create(native_job("nogates", 2))

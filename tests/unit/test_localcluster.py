@@ -82,6 +82,7 @@ def test_default_and_real_profiles_turn_native_gang_scheduling_on(tmp_path: Path
     for component in ("kube-apiserver", "kube-scheduler", "kube-controller-manager"):
         assert gates in components.argv(plan, component), component
     assert "--runtime-config=scheduling.k8s.io/v1alpha2=true" in components.argv(plan, "kube-apiserver")
+    assert load_profile("stock").feature_gates == {} and load_profile("stock").runtime_config == ()
     bare = components.Plan(Layout(tmp_path), pkimod.Pki(tmp_path), ports, tmp_path, bins, 7)
     assert not [a for a in components.argv(bare, "kube-apiserver") if a.startswith(("--feature", "--runtime"))]
 
@@ -100,7 +101,7 @@ def test_bad_feature_gates_and_runtime_config_are_named(extra: dict[str, Any], m
 
 
 def test_unknown_profile_names_the_choices() -> None:
-    with pytest.raises(ClusterError, match=r"unknown profile 'nope'; choose one of: default, real, scale"):
+    with pytest.raises(ClusterError, match=r"unknown profile 'nope'; choose one of: default, real, scale, stock"):
         load_profile("nope")
     with pytest.raises(ClusterError, match="unknown profile"):
         load_profile("../etc/passwd")
