@@ -1,6 +1,6 @@
 """Scheduling benchmark (not a test): what gang admission costs and how fast a big gang starts.
 
-`python -m bench scheduling [memory] [gang] [queue] [--repeats N] [--queue-repeats N] [--nodes 100]
+`python -m bench scheduling [memory] [gang] [queue] [native] [--repeats N] [--queue-repeats N] [--nodes 100]
  [--kubeconfig PATH] [--dir DIR] [--json PATH]`
 
 memory  The admission pass over in-memory caches, no API involved (what the operator does per decision):
@@ -14,6 +14,9 @@ gang    On a simulated 100-node cluster (scale profile; started here unless --ku
         admitted (the first pod bound), all bound by kube-scheduler, and all Running (kwok).
 queue   The same cluster: 500 queued 1 x 8-GPU jobs behind one job holding every GPU; from the end of
         that job's pods to every node refilled by a queued job (100 admissions and bindings).
+native  The gang measurement with spec.scheduling.gangBackend PodGroup: Kubernetes 1.36's native gang
+        scheduling (a Workload and a PodGroup, then ungated pods the kube-scheduler binds all or none)
+        instead of phalanx's gates (the scale profile has the feature gates on).
 
 Medians (and min/max) over --repeats. Results print as a markdown table and JSON (--json PATH).
 """
@@ -171,11 +174,12 @@ def memory(repeats: int, n_nodes: int) -> dict[str, Any]:
 # --- live ------------------------------------------------------------------------------------------
 
 
-def tj(name: str, replicas: int) -> dict[str, Any]:
+def tj(name: str, replicas: int, backend: str = "Gates") -> dict[str, Any]:
     return pytorch_training_job(
         name,
         replicas,
         resources={"gpus": 8},
+        scheduling={"gangBackend": backend},
         template={"spec": {"containers": [{"name": "trainer", "image": "trainer:bench"}]}},
     )
 
@@ -229,8 +233,9 @@ class Live:
             localcluster.down(self.directory / "cluster", log=lambda s: print(s, file=sys.stderr))
 
 
-def big_gang(live: Live, repeats: int, workers: int = 64) -> dict[str, Any]:
-    """Create one workers x 8-GPU job; time all pods created, first bound (admitted), all bound, all Running."""
+def big_gang(live: Live, repeats: int, workers: int = 64, backend: str = "Gates") -> dict[str, Any]:
+    """Create one workers x 8-GPU job; time all pods created, first bound (admitted), all bound, all Running.
+    backend: spec.scheduling.gangBackend, Gates (phalanx lifts its gates) or PodGroup (the kube-scheduler)."""
     from bench.watch import PodWatch
 
     stages: dict[str, list[float]] = {"created": [], "admitted": [], "bound": [], "running": []}
@@ -238,14 +243,14 @@ def big_gang(live: Live, repeats: int, workers: int = 64) -> dict[str, Any]:
         ns = live.namespace("bench-gang")
         with PodWatch(live.api, ns, names.LABEL_JOB) as watch:
             t0 = time.monotonic()
-            live.create(ns, tj("big", workers))
+            live.create(ns, tj("big", workers, backend))
             watch.wait(lambda p: len(p) == workers, 300, f"{workers} pods")
             watch.wait(lambda p: sum(1 for x in p.values() if x.running) == workers, 300, "all pods Running")
             pods = watch.snapshot()
         if r:
             bound = [p.bound for p in pods if p.bound]
             stages["created"].append(max(p.created for p in pods) - t0)
-            stages["admitted"].append(min(bound) - t0)  # gates are lifted in one burst: first binding follows
+            stages["admitted"].append(min(bound) - t0)  # the gang is let go in one burst: first binding follows
             stages["bound"].append(max(bound) - t0)
             stages["running"].append(max(p.running for p in pods if p.running) - t0)
         live.drop(ns)
@@ -300,21 +305,23 @@ def table(results: dict[str, Any]) -> str:
                     )
                 )
     lv = results.get("live", {})
-    if "gang_64x8" in lv:
+    for key, how in (("gang_64x8", "gates"), ("native_64x8", "PodGroup")):
+        if key not in lv:
+            continue
         for stage, label in (
-            ("created", "64 x 8-GPU job: all pods created"),
-            ("admitted", "64 x 8-GPU job: admitted (first pod bound)"),
-            ("bound", "64 x 8-GPU job: all 64 pods bound"),
-            ("running", "64 x 8-GPU job: all 64 pods Running"),
+            ("created", f"64 x 8-GPU job ({how}): all pods created"),
+            ("admitted", f"64 x 8-GPU job ({how}): admitted (first pod bound)"),
+            ("bound", f"64 x 8-GPU job ({how}): all 64 pods bound"),
+            ("running", f"64 x 8-GPU job ({how}): all 64 pods Running"),
         ):
-            s = lv["gang_64x8"][stage]
+            s = lv[key][stage]
             rows.append(f"| {label} | {s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |")
-        if "queue_500" in lv:
-            s = lv["queue_500"]["refill_all_nodes"]
-            rows.append(
-                f"| 500 queued 1 x 8-GPU jobs: capacity freed -> {lv['nodes']} admitted and bound | "
-                f"{s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |"
-            )
+    if "queue_500" in lv:
+        s = lv["queue_500"]["refill_all_nodes"]
+        rows.append(
+            f"| 500 queued 1 x 8-GPU jobs: capacity freed -> {lv['nodes']} admitted and bound | "
+            f"{s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |"
+        )
     return "\n".join(rows)
 
 
@@ -326,7 +333,8 @@ def save(path: Path | None, results: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench scheduling", description=__doc__.split("\n\n")[0])
-    p.add_argument("parts", nargs="*", default=["memory", "gang", "queue"], help="memory, gang, queue (default: all)")
+    p.add_argument("parts", nargs="*", default=["memory", "gang", "queue", "native"],
+                   help="memory, gang, queue, native (default: all)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--queue-repeats", type=int, default=1, help="rounds of the 500-queued-jobs measurement")
     p.add_argument("--nodes", type=int, default=100)
@@ -340,7 +348,7 @@ def main(argv: list[str]) -> int:
         mem = results["memory"]
         for key in ("decide_full", "decide_empty"):
             mem[key]["decisions_per_second"] = 500 / mem[key]["median"]
-    if "gang" in args.parts or "queue" in args.parts:
+    if {"gang", "queue", "native"} & set(args.parts):
         args.dir.mkdir(parents=True, exist_ok=True)
         live = Live(args.nodes, args.kubeconfig, args.dir)
         lv: dict[str, Any] = {"nodes": live.nodes, "settings": live.subject.settings}
@@ -348,6 +356,9 @@ def main(argv: list[str]) -> int:
         try:
             if "gang" in args.parts:
                 lv["gang_64x8"] = big_gang(live, args.repeats)
+                save(args.json, results)
+            if "native" in args.parts:
+                lv["native_64x8"] = big_gang(live, args.repeats, backend="PodGroup")
                 save(args.json, results)
             if "queue" in args.parts:
                 lv["queue_500"] = queued(live, args.queue_repeats)

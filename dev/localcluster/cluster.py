@@ -267,7 +267,8 @@ class _Starter:
         stages.write_kwok_config(kwok_config)  # needs Go's module cache: fail before starting anything
         pki = pkimod.create(layout.pki)
         ports = dict(zip(components.PORT_NAMES, self.port_picker(len(components.PORT_NAMES)), strict=True))
-        plan = components.Plan(layout, pki, ports, _etcd_data_dir(layout), self.bins, len(names))
+        plan = components.Plan(layout, pki, ports, _etcd_data_dir(layout), self.bins, len(names),
+                               self.prof.feature_gates, self.prof.runtime_config)  # fmt: skip
         components.write_configs(plan)
         self.plan = plan
         self.state = {

@@ -7,7 +7,8 @@ said next to it; the rest are the components' documented defaults made explicit.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ class Plan:
     etcd_data: Path
     bins: dict[str, Path]
     nodes: int
+    feature_gates: Mapping[str, bool] = field(default_factory=dict)  # for apiserver, scheduler, controller manager
+    runtime_config: tuple[str, ...] = ()  # API versions the apiserver serves beyond its defaults
 
     def kubeconfig_for(self, component: str) -> Path:
         return self.layout.config / f"{component}.kubeconfig"
@@ -89,6 +92,14 @@ def argv(plan: Plan, name: str) -> list[str]:
     return [str(plan.bins[name]), *_ARGS[name](plan)]
 
 
+def _gates(plan: Plan) -> list[str]:
+    """--feature-gates, the same for every component that reads them (an alpha API needs all three)."""
+    if not plan.feature_gates:
+        return []
+    gates = ",".join(f"{k}={str(v).lower()}" for k, v in sorted(plan.feature_gates.items()))
+    return [f"--feature-gates={gates}"]
+
+
 def _etcd(plan: Plan) -> list[str]:
     client, peer = f"http://127.0.0.1:{plan.ports['etcd']}", f"http://127.0.0.1:{plan.ports['etcd-peer']}"
     return [
@@ -137,6 +148,8 @@ def _apiserver(plan: Plan) -> list[str]:
         f"--kubelet-client-certificate={p.crt('kubelet-client')}",
         f"--kubelet-client-key={p.key('kubelet-client')}",
         "--kubelet-preferred-address-types=InternalIP",
+        *_gates(plan),
+        *([f"--runtime-config={','.join(f'{v}=true' for v in plan.runtime_config)}"] if plan.runtime_config else []),
     ]
 
 
@@ -161,6 +174,7 @@ def _controller_manager(plan: Plan) -> list[str]:
         # Simulated nodes only miss heartbeats when this 2-core machine is overloaded; declaring them
         # lost then (default 50 s) would taint and evict pods that tests depend on.
         "--node-monitor-grace-period=5m",
+        *_gates(plan),
     ]
 
 
@@ -170,6 +184,7 @@ def _scheduler(plan: Plan) -> list[str]:
         "--bind-address=127.0.0.1",
         f"--secure-port={plan.ports['kube-scheduler']}",
         f"--cert-dir={plan.layout.run / 'kube-scheduler'}",
+        *_gates(plan),
     ]
 
 

@@ -29,7 +29,9 @@ POOL_LABEL = "sim.phalanx.dev/pool"
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 REQUIRED_CAPACITY = ("cpu", "memory", "pods")
 _POOL_KEYS = {"name", "count", "zones", "labels", "annotations", "taints", "capacity", "allocatable", "scalable"}
-_TOP_KEYS = {"description", "defaults", "pools", "realNodes"}
+_TOP_KEYS = {"description", "defaults", "pools", "realNodes", "featureGates", "runtimeConfig"}
+_GATE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+_API_VERSION = re.compile(r"^[a-z0-9.-]+/v[0-9]+((alpha|beta)[0-9]+)?$")
 _DEFAULT_KEYS = {"zones", "labels", "annotations", "capacity"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -70,6 +72,10 @@ class Profile:
     pools: tuple[NodePool, ...]
     # Real nodes (containerd + kubelet, dev/localcluster/realnode.py) next to the simulated pools.
     real_nodes: int = 0
+    # --feature-gates of the apiserver, scheduler and controller manager (e.g. GangScheduling: true), and the
+    # apiserver's --runtime-config (API versions served beyond the defaults, e.g. scheduling.k8s.io/v1alpha2).
+    feature_gates: Mapping[str, bool] = field(default_factory=dict)
+    runtime_config: tuple[str, ...] = ()
 
     def node_names(self) -> list[str]:
         return [n for pool in self.pools for n in pool.node_names()]
@@ -128,7 +134,30 @@ def parse_profile(name: str, data: Any, nodes: int | None = None) -> Profile:
         raise ClusterError(
             f"{where}: realNodes must be 0 or 1 (a real node owns this machine's bridge and cgroups), got {real_nodes}"
         )
-    return Profile(name=name, description=str(description).strip(), pools=tuple(pools), real_nodes=real_nodes)
+    return Profile(
+        name=name, description=str(description).strip(), pools=tuple(pools), real_nodes=real_nodes,
+        feature_gates=_feature_gates(data.get("featureGates"), where),
+        runtime_config=_runtime_config(data.get("runtimeConfig"), where),
+    )  # fmt: skip
+
+
+def _feature_gates(raw: Any, where: str) -> dict[str, bool]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and _GATE.match(k) for k in raw):
+        raise ClusterError(f"{where}: 'featureGates' must map gate names (e.g. GangScheduling) to true or false")
+    bad = sorted(k for k, v in raw.items() if not isinstance(v, bool))
+    if bad:
+        raise ClusterError(f"{where}: featureGates {', '.join(bad)} must be true or false")
+    return dict(raw)
+
+
+def _runtime_config(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(v, str) and _API_VERSION.match(v) for v in raw):
+        raise ClusterError(f"{where}: 'runtimeConfig' must list API versions, e.g. scheduling.k8s.io/v1alpha2")
+    return tuple(raw)
 
 
 def _parse_pool(where: str, index: int, raw: Any, defaults: Mapping[str, Any]) -> NodePool:

@@ -229,6 +229,11 @@ def test_non_default_render() -> None:
         {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list", "create", "delete"]},
         {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads/status"], "verbs": ["patch"]},
     ]  # fmt: skip
+    native = [r for r in role["rules"] if r["apiGroups"] == ["scheduling.k8s.io"]]
+    assert native == [
+        {"apiGroups": ["scheduling.k8s.io"], "resources": ["workloads", "podgroups"],
+         "verbs": ["list", "create", "delete"]},
+    ]  # fmt: skip
     svc = find(docs, "Service")
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 80, "targetPort": "metrics", "protocol": "TCP"}]
     monitor = find(docs, "ServiceMonitor")

@@ -109,6 +109,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         with_spec(runPolicy={"progressDeadlineSeconds": 5}),
         "spec.runPolicy.progressDeadlineSeconds",
     ),
+    ("unknown gangBackend", with_spec(scheduling={"gangBackend": "Volcano"}), "spec.scheduling.gangBackend"),
     ("straggler threshold 1", with_spec(health={"straggler": {"threshold": 1.0}}), "spec.health.straggler.threshold"),
     ("preflight with tensorflow", with_spec(framework="tensorflow", preflight={}), "spec.preflight"),
     ("preflight all-reduce of 0 bytes", with_spec(preflight={"allReduceBytes": 0}), "spec.preflight.allReduceBytes"),
@@ -152,6 +153,24 @@ def test_apiserver_refuses_bad_spec_naming_the_field(
     assert field in out.stderr, f"{what}: {out.stderr}"
 
 
+@pytest.mark.parametrize(
+    ("other", "says"),
+    [
+        ({"queueName": "team"}, "gangBackend PodGroup cannot be combined with queueName"),
+        ({"schedulerName": "volcano"}, "gangBackend PodGroup needs the kube-scheduler"),
+        ({"gang": False}, "gangBackend PodGroup is gang admission: it cannot go with gang: false"),
+    ],
+)
+def test_pod_group_backend_with_another_admission_system_is_refused_saying_why(
+    other: dict[str, Any], says: str, kubectl: Any, namespace: str, crd: Any
+) -> None:
+    body = with_spec(scheduling={"gangBackend": "PodGroup", **other})
+    out = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=False)
+    assert out.returncode != 0 and "spec.scheduling.gangBackend" in out.stderr and says in out.stderr, out.stderr
+    alone = with_spec(scheduling={"gangBackend": "PodGroup"})
+    kubectl("apply", "-n", namespace, "--dry-run=server", "-f", "-", input=yaml.safe_dump(alone))
+
+
 def test_full_pod_template_is_accepted_as_written(kubectl: Any, namespace: str, crd: Any) -> None:
     """What the schema allows is kept: nothing of a valid template is pruned on the way in."""
     body = with_template(
@@ -178,3 +197,4 @@ def test_good_spec_is_accepted_with_defaults(kubectl: Any, namespace: str, crd: 
     got = yaml.safe_load(kubectl("get", "-n", namespace, "tj/good", "-o", "yaml").stdout)
     assert got["spec"]["runPolicy"]["backoffLimit"] == 3 and got["spec"]["procsPerPod"] == "auto"
     assert got["spec"]["scheduling"]["gang"] is True and got["spec"]["metrics"]["port"] == 9400
+    assert got["spec"]["scheduling"]["gangBackend"] == "Gates"  # phalanx's gates stay the default

@@ -1,7 +1,9 @@
-"""The scheduling examples (examples/gpu-job.yaml, tpu-job.yaml, gang-admission.yaml) run as documented."""
+"""The scheduling examples (examples/gpu-job.yaml, tpu-job.yaml, gang-admission.yaml, native-gang.yaml) run as
+documented."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,18 @@ def test_gang_admission_example_runs_prod_first_and_queues_research(
         assert jobs.pods("research") and all(p.spec.scheduling_gates for p in jobs.pods("research"))
     finally:
         scheduling.delete_priority_class(priority_class["metadata"]["name"])
+
+
+def test_native_gang_example_is_placed_whole_by_the_kube_scheduler(jobs: JobClient, namespace: str) -> None:
+    (job,) = load("native-gang.yaml")
+    jobs.create(job)
+    pods = jobs.wait_pods("llm-native", all_running(3))
+    for p in pods:
+        spec = json.loads(jobs.core.read_namespaced_pod(p.metadata.name, namespace, _preload_content=False).data)
+        assert spec["spec"]["schedulingGroup"] == {"podGroupName": "llm-native-a1"}
+        assert not spec["spec"].get("schedulingGates")
+    jobs.wait(
+        "llm-native",
+        lambda j: (jobs.condition("llm-native", "Admitted") or {}).get("reason") == "AdmittedByPodGroup",
+        what="Admitted by the PodGroup",
+    )

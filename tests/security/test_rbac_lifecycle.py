@@ -85,6 +85,32 @@ def test_lifecycle_create_restart_scale_suspend_delete(
     assert denied_requests(chart_operator.log_path) == []
 
 
+def test_native_gang_with_the_charts_rbac_only(
+    chart_operator: OperatorProcess, jobs: JobClient, namespace: str, api_client: client.ApiClient
+) -> None:
+    """gangBackend PodGroup: the Workload and PodGroup per attempt are listed, created and deleted with the
+    chart's scheduling.k8s.io rules (list, create, delete) and nothing more."""
+    custom = client.CustomObjectsApi(api_client)
+
+    def groups() -> list[str]:
+        found = custom.list_namespaced_custom_object(
+            "scheduling.k8s.io", "v1alpha2", namespace, "podgroups", label_selector="phalanx.dev/job-name=native"
+        )
+        return sorted(o["metadata"]["name"] for o in found["items"])
+
+    jobs.create(job_manifest("native", replicas=2, scheduling={"gangBackend": "PodGroup"}))
+    jobs.wait_pods("native", running(2, attempt=1), what="attempt 1 running")
+    assert groups() == ["native-a1"]
+    sim.make_pod_fail(jobs.core, namespace, "native-a1-worker-1", exit_code=137, reason="OOMKilled")
+    pods = jobs.wait_pods("native", running(2, attempt=2), what="attempt 2 running")
+    jobs.wait_pods("native", lambda _: groups() == ["native-a2"], what="attempt 1's PodGroup deleted")
+    for p in pods:
+        sim.make_pod_succeed(jobs.core, namespace, p.metadata.name)
+    jobs.wait_state("native", "Succeeded")
+    jobs.wait_pods("native", lambda _: groups() == [], what="the finished job's PodGroup deleted")
+    assert denied_requests(chart_operator.log_path) == []
+
+
 def test_ttl_deletes_finished_job(chart_operator: OperatorProcess, jobs: JobClient, namespace: str) -> None:
     """ttlSecondsAfterFinished: the operator deletes the job itself (trainingjobs: delete)."""
     jobs.create(job_manifest("brief", replicas=1, runPolicy={"ttlSecondsAfterFinished": 0}))

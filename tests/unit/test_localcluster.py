@@ -16,6 +16,7 @@ if str(_DEV) not in sys.path:
     sys.path.insert(0, str(_DEV))
 
 from localcluster import binaries, components, sim, stages  # noqa: E402
+from localcluster import pki as pkimod  # noqa: E402
 from localcluster.__main__ import main  # noqa: E402
 from localcluster.errors import BinariesMissing, ClusterError  # noqa: E402
 from localcluster.layout import Layout  # noqa: E402
@@ -66,8 +67,41 @@ def test_every_shipped_profile_parses() -> None:
         assert load_profile(name, nodes=3 if name == "scale" else None).pools
 
 
+def test_default_and_real_profiles_turn_native_gang_scheduling_on(tmp_path: Path) -> None:
+    """The gates reach every component that reads them, and the apiserver serves the alpha API."""
+    for name in ("default", "real", "scale"):
+        prof = load_profile(name)
+        assert prof.feature_gates == {"GenericWorkload": True, "GangScheduling": True}
+        assert prof.runtime_config == ("scheduling.k8s.io/v1alpha2",)
+    prof = load_profile("default")
+    bins = {c: tmp_path / c for c in components.ORDER}
+    ports = dict.fromkeys(components.PORT_NAMES, 1)
+    plan = components.Plan(Layout(tmp_path), pkimod.Pki(tmp_path), ports, tmp_path, bins, 7,
+                           prof.feature_gates, prof.runtime_config)  # fmt: skip
+    gates = "--feature-gates=GangScheduling=true,GenericWorkload=true"
+    for component in ("kube-apiserver", "kube-scheduler", "kube-controller-manager"):
+        assert gates in components.argv(plan, component), component
+    assert "--runtime-config=scheduling.k8s.io/v1alpha2=true" in components.argv(plan, "kube-apiserver")
+    assert load_profile("stock").feature_gates == {} and load_profile("stock").runtime_config == ()
+    bare = components.Plan(Layout(tmp_path), pkimod.Pki(tmp_path), ports, tmp_path, bins, 7)
+    assert not [a for a in components.argv(bare, "kube-apiserver") if a.startswith(("--feature", "--runtime"))]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"featureGates": ["GangScheduling"]}, "'featureGates' must map gate names"),
+        ({"featureGates": {"GangScheduling": "yes"}}, "featureGates GangScheduling must be true or false"),
+        ({"runtimeConfig": "scheduling.k8s.io/v1alpha2"}, "'runtimeConfig' must list API versions"),
+    ],
+)
+def test_bad_feature_gates_and_runtime_config_are_named(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(ClusterError, match=message):
+        parse_profile("x", {**doc(), **extra})
+
+
 def test_unknown_profile_names_the_choices() -> None:
-    with pytest.raises(ClusterError, match=r"unknown profile 'nope'; choose one of: default, real, scale"):
+    with pytest.raises(ClusterError, match=r"unknown profile 'nope'; choose one of: default, real, scale, stock"):
         load_profile("nope")
     with pytest.raises(ClusterError, match="unknown profile"):
         load_profile("../etc/passwd")

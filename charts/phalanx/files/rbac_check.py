@@ -57,6 +57,8 @@ NEEDED = [
     *accesses("patch", "workloads", "kueue.x-k8s.io", "status"),
     *accesses("get", "resourceflavors", "kueue.x-k8s.io", namespaced=False),
     *accesses("get", "workloadpriorityclasses", "kueue.x-k8s.io", namespaced=False),
+    *accesses("list create delete", "workloads", "scheduling.k8s.io"),
+    *accesses("list create delete", "podgroups", "scheduling.k8s.io"),
     *accesses("get list watch", "nodes", namespaced=False),
     *accesses("list watch", "priorityclasses", "scheduling.k8s.io", namespaced=False),
     *accesses("list watch", "customresourcedefinitions", "apiextensions.k8s.io", namespaced=False),

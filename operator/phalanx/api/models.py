@@ -70,6 +70,11 @@ class RestartMode(StrEnum):
     IN_PLACE = "InPlace"
 
 
+class GangBackend(StrEnum):
+    GATES = "Gates"
+    POD_GROUP = "PodGroup"
+
+
 class RetainPolicy(StrEnum):
     RETAIN = "Retain"
     DELETE = "Delete"
@@ -216,8 +221,8 @@ class RunPolicy(Model):
     nodes and addresses (Kubernetes 1.36 RestartAllContainers; nodes must declare the feature
     RestartAllContainersOnContainerExits). The trainers see the new attempt; a pod that cannot restart in
     place (ended, on a lost node, or not restarted within 30 s) is recreated. Other restarts (rescale,
-    Hung, node loss, preemption) and the restarts of a job Kueue queues always recreate (docs/design.md,
-    In-place gang restart)."""
+    Hung, node loss, preemption) and the restarts of a job Kueue queues or of one on gangBackend PodGroup (each
+    attempt there is a PodGroup of its own) always recreate (docs/design.md, In-place gang restart)."""
 
 
 class StragglerPolicy(Model):
@@ -260,6 +265,28 @@ class HealthPolicy(Model):
 class Scheduling(Model):
     """Gang admission and placement."""
 
+    # One admission system per job: Kueue admits a queued job, a custom scheduler places its own pods, so
+    # the kube-scheduler's PodGroup gang would be a second, conflicting one.
+    model_config = cel(
+        rule(
+            "!has(self.gangBackend) || self.gangBackend != 'PodGroup' || !has(self.queueName)",
+            "gangBackend PodGroup cannot be combined with queueName: Kueue admits a queued job's gang; "
+            "drop one of them",
+            ".gangBackend",
+        ),
+        rule(
+            "!has(self.gangBackend) || self.gangBackend != 'PodGroup' || !has(self.schedulerName)",
+            "gangBackend PodGroup needs the kube-scheduler (its GangScheduling plugin places the PodGroup); "
+            "drop schedulerName",
+            ".gangBackend",
+        ),
+        rule(
+            "!has(self.gangBackend) || self.gangBackend != 'PodGroup' || !has(self.gang) || self.gang",
+            "gangBackend PodGroup is gang admission: it cannot go with gang: false",
+            ".gangBackend",
+        ),
+    )
+
     gang: bool = True
     """No pod schedules until the whole gang fits: a gang that fits when its pods are created gets them
     ungated with their placement, otherwise they are created with a scheduling gate lifted for all at once."""
@@ -273,6 +300,12 @@ class Scheduling(Model):
     (with the assigned flavor's node labels and tolerations) once Kueue admits it (docs/scheduling.md)."""
     scheduler_name: Annotated[str | None, Field(max_length=253)] = None
     """A custom scheduler for the pods (e.g. a PodGroup-based gang scheduler); phalanx then defers gating."""
+    gang_backend: GangBackend = GangBackend.GATES
+    """Who does gang admission. Gates (default): phalanx creates the pods behind its scheduling gate and lifts
+    it for the whole gang once it fits. PodGroup: Kubernetes 1.36's native gang scheduling (alpha; the
+    GenericWorkload and GangScheduling feature gates and the scheduling.k8s.io/v1alpha2 API must be on):
+    phalanx makes a Workload and a PodGroup (minCount = replicas) per attempt, and the kube-scheduler binds
+    all the attempt's pods or none (docs/scheduling.md). Not with queueName, schedulerName or gang: false."""
 
 
 class MetricsSpec(Model):

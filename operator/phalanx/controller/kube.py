@@ -26,6 +26,7 @@ from phalanx.controller.slots import CREATE, EVENT, LEASE, UNGATE, WRITE, Priori
 from phalanx.core.kueue import GROUP as KUEUE_GROUP
 from phalanx.core.kueue import VERSION as KUEUE_VERSION
 from phalanx.core.names import FIELD_MANAGER, LABEL_JOB
+from phalanx.core.podgroup import GROUP as POD_GROUP_API
 from phalanx.core.refusal import is_refusal
 
 T = TypeVar("T")
@@ -300,6 +301,34 @@ class Kube:
                 return None
             raise
         return result
+
+    # --- native gang scheduling (core/podgroup.py): scheduling.k8s.io Workloads and PodGroups ----------
+    async def list_scheduling(self, namespace: str, version: str, plural: str, job: str) -> list[dict[str, Any]]:
+        result = await self._call(  # reads are never gated
+            WRITE, self.custom.list_namespaced_custom_object, POD_GROUP_API, version, namespace, plural,
+            label_selector=f"{LABEL_JOB}={job}",
+        )  # fmt: skip
+        return list(result.get("items") or [])
+
+    async def create_scheduling(self, version: str, manifest: dict[str, Any]) -> None:
+        """Create a Workload or PodGroup; one that exists already is left as it is (names are per attempt)."""
+        ns, plural = manifest["metadata"]["namespace"], manifest["kind"].lower() + "s"
+        try:
+            await self._run(
+                CREATE, self.custom.create_namespaced_custom_object, POD_GROUP_API, version, ns, plural, manifest
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def delete_scheduling(self, namespace: str, version: str, plural: str, name: str) -> None:
+        try:
+            await self._run(
+                WRITE, self.custom.delete_namespaced_custom_object, POD_GROUP_API, version, namespace, plural, name
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     async def pod_spec(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The pod's spec as the API writes it (camelCase), None when it is gone."""

@@ -20,6 +20,7 @@ from phalanx.controller.caches import JobKey
 from phalanx.controller.election import Elector
 from phalanx.controller.kube import Conflict, Gone, Kube, NotLeading, api_error_message, refusal_of
 from phalanx.controller.kueue import KueueAdmission
+from phalanx.controller.podgroup import PodGroupAdmission
 from phalanx.controller.scraper import Scraper
 from phalanx.controller.settings import Settings
 from phalanx.controller.workqueue import WorkQueue
@@ -29,7 +30,7 @@ from phalanx.core.gang import Gang
 from phalanx.core.model import JobView, Plan, PodView
 from phalanx.core.nodeloss import FINISHED, NodeHealth
 from phalanx.core.observe import format_time, job_view
-from phalanx.core.pods import admitted_pod, gated
+from phalanx.core.pods import admitted_pod, gated, pod_group_gang
 from phalanx.core.reconcile import reconcile
 from phalanx.core.refusal import CreateRefusal, classify
 
@@ -75,6 +76,7 @@ class Operator:
         self._posting: set[asyncio.Task[None]] = set()  # Events being posted in the background
         self.admitter = Admitter(self)
         self.kueue = KueueAdmission(self)
+        self.pod_groups = PodGroupAdmission(self)
         # Per-job backoff of reconciles that raised, and of creates the apiserver refused; the refusal
         # itself is kept to be shown in the job's status until a create succeeds.
         self.errors = Backoff()
@@ -350,8 +352,11 @@ class Operator:
         claims = {claim: view} if claim and view else {}
         telemetry = self.scraper.latest(key)  # the trainers' numbers, folded into status while it runs
         queued = bool(job.spec is not None and job.spec.scheduling.queue_name)
-        note = self.kueue.notes.get(key) if queued else self.admitter.notes.get(key)
-        if note is None and not queued and job.spec is not None and not pods and job.status.state not in ENDED:
+        native = job.spec is not None and pod_group_gang(Gang(job.name, job.namespace, job.uid, job.spec, 1))
+        notes = self.kueue.notes if queued else self.pod_groups.notes if native else self.admitter.notes
+        note = notes.get(key)
+        gates = not queued and not native
+        if note is None and gates and job.spec is not None and not pods and job.status.state not in ENDED:
             note = self.admitter.capacity_note(key, body)  # a gang that can never fit gets no pods at all
         failing = self.errors.get(key)
         nodes = self.node_healths(pods)
@@ -372,6 +377,8 @@ class Operator:
         await self._apply(key, job, body, plan)
         if queued and not job.deleting:
             await self.kueue.sync(key, job, plan.status, pods)
+        if native and not job.deleting:
+            await self.pod_groups.sync(key, job, plan.status, pods)
         if job.spec is not None and gated_waiting(job, pods, plan):
             self.admitter.wake()
 
@@ -479,6 +486,7 @@ class Operator:
         self._wrote_at.pop(key, None)
         self.admitter.forget(key)
         self.kueue.forget(key)
+        self.pod_groups.forget(key)
 
 
 ENDED = ("Succeeded", "Failed", "Suspended")

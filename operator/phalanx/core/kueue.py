@@ -81,8 +81,7 @@ def uses_kueue(gang: Gang) -> bool:
 
 def workload_name(job: str, attempt: int) -> str:
     """<job>-a<attempt>, cut to a DNS label (Kueue copies the name into labels of its own)."""
-    suffix = f"-a{attempt}"
-    return re.sub(r"-+$", "", job[: names.DNS_LABEL_MAX - len(suffix)]) + suffix
+    return names.attempt_name(job, attempt)
 
 
 def build_workload(gang: Gang, priority: WorkloadPriority | None = None, name: str | None = None) -> Manifest:

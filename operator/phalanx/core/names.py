@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 LABEL_JOB: Final = "phalanx.dev/job-name"
@@ -33,6 +34,12 @@ def pod_name(job: str, index: int, attempt: int) -> str:
     """A pod's name differs per attempt, so a delete by name that arrives late (from anyone: kwok v0.8.0
     deletes by name, a user's kubectl, a stale replica) can only hit the old pod, never its successor."""
     return f"{job}-a{attempt}-{ROLE_WORKER}-{index}"
+
+
+def attempt_name(job: str, attempt: int) -> str:
+    """<job>-a<attempt>, cut to a DNS label: the per-attempt Kueue Workload, and Workload and PodGroup."""
+    suffix = f"-a{attempt}"
+    return re.sub(r"-+$", "", job[: DNS_LABEL_MAX - len(suffix)]) + suffix
 
 
 def service_name(job: str) -> str:

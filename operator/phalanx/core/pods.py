@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from phalanx import contract
-from phalanx.api.models import API_VERSION, KIND, RestartMode
+from phalanx.api.models import API_VERSION, KIND, GangBackend, RestartMode
 from phalanx.core import names
 from phalanx.core.frameworks import adapter_for
 from phalanx.core.frameworks.base import env_var
@@ -37,7 +37,14 @@ def job_labels(gang: Gang) -> dict[str, str]:
 def gated(gang: Gang) -> bool:
     """Built-in gang admission applies unless another admission system owns the job."""
     s = gang.spec.scheduling
-    return s.gang and not s.queue_name and not s.scheduler_name
+    return s.gang and not s.queue_name and not s.scheduler_name and not pod_group_gang(gang)
+
+
+def pod_group_gang(gang: Gang) -> bool:
+    """gangBackend PodGroup (core/podgroup.py): the kube-scheduler's gang admits the pods. The CRD refuses
+    it with queueName, schedulerName or gang: false; checked again so that no older job is half-admitted."""
+    s = gang.spec.scheduling
+    return s.gang_backend is GangBackend.POD_GROUP and s.gang and not s.queue_name and not s.scheduler_name
 
 
 def held(gang: Gang) -> bool:
@@ -260,6 +267,8 @@ def build_pod(gang: Gang, index: int) -> Manifest:
     pod_spec.setdefault("enableServiceLinks", False)
     if held(gang):
         pod_spec["schedulingGates"] = [{"name": names.GANG_GATE}]
+    elif pod_group_gang(gang):  # no gate of ours: the kube-scheduler places the attempt's PodGroup whole
+        pod_spec["schedulingGroup"] = {"podGroupName": names.attempt_name(gang.job, gang.attempt)}
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -17,6 +17,7 @@ from phalanx import contract
 from phalanx.api.models import (
     AVOIDED_NODES_KEPT,
     CleanPodPolicy,
+    GangBackend,
     LostTime,
     PreflightStatus,
     RestartMode,
@@ -34,7 +35,7 @@ from phalanx.core.kueue import PODS_READY_TIMEOUT, KueueEviction
 from phalanx.core.model import Event, JobView, Plan, PodRef, PodView
 from phalanx.core.nodeloss import NodeHealth, NodeLoss, node_loss
 from phalanx.core.observe import format_time, parse_time, seconds_left
-from phalanx.core.pods import build_pod, build_service, gated
+from phalanx.core.pods import build_pod, build_service, gated, pod_group_gang
 from phalanx.core.refusal import CreateRefusal
 from phalanx.core.storage import ClaimView
 from phalanx.core.validation import validate
@@ -54,6 +55,9 @@ class AdmissionNote:
     # Kueue evicted the attempt's Workload (preemption, readiness timeout): the gang stops and queues again.
     eviction: KueueEviction | None = None
     preemptor: str | None = None  # the TrainingJob (namespace/name) Kueue's message names, when known
+    # gangBackend PodGroup: the attempt whose Workload and PodGroup exist, so its pods may be created
+    # (the scheduler would hold pods whose PodGroup is missing, but the API asks for this order).
+    group_ready_attempt: int | None = None
 
 
 class _Step:
@@ -233,11 +237,13 @@ def _new_attempt(step: _Step, current: Sequence[PodView], reason: str, message: 
 
 def _in_place(spec: TrainingJobSpec, status: TrainingJobStatus) -> bool:
     """The current attempt restarts in place: a failure restart (only that) of an InPlace job that Kueue
-    does not queue (each attempt there is a Workload of its own that Kueue admits before pods may run)."""
+    does not queue (each attempt there is a Workload of its own that Kueue admits before pods may run), nor
+    the PodGroup gang (a pod's schedulingGroup is immutable and each attempt is a PodGroup of its own)."""
     restarting = cond.get(status, cond.RESTARTING)
     return (
         spec.run_policy.restart_mode is RestartMode.IN_PLACE
         and not spec.scheduling.queue_name
+        and spec.scheduling.gang_backend is not GangBackend.POD_GROUP
         and restarting is not None
         and restarting.status == "True"
         and restarting.reason == inplace.GANG_RESTART
@@ -587,6 +593,8 @@ def reconcile(
         return step.fail("InvalidSpec", f"spec.template cannot be made into a pod: {type(exc).__name__}: {exc}", pods)
     if not service_exists:
         step.plan.create.append(build_service(gang))
+    if built and pod_group_gang(gang) and (admission is None or admission.group_ready_attempt != s.attempt):
+        built = []  # the attempt's Workload and PodGroup first (controller/podgroup.py creates them)
     step.plan.create += built
     if missing and refusal is not None:
         step.condition(cond.REPLICA_FAILURE, True, refusal.reason, refusal.message)
@@ -634,6 +642,24 @@ def _admission(
         else:
             reason, message = (note.reason, note.message) if note else ("WaitingForKueue", "waiting for Kueue")
             step.condition(cond.ADMITTED, False, reason, message)
+        return
+    if pod_group_gang(gang):
+        name = names.attempt_name(gang.job, gang.attempt)
+        if current and not missing and all(p.node for p in current):
+            step.condition(
+                cond.ADMITTED, True, "AdmittedByPodGroup",
+                f"the kube-scheduler placed all {len(current)} pods of PodGroup {name} as one gang",
+            )  # fmt: skip
+        elif missing and refusal is not None:
+            step.condition(cond.ADMITTED, False, refusal.reason, f"the gang is incomplete: {refusal.message}")
+        elif note is None:
+            step.condition(cond.ADMITTED, False, "WaitingForPodGroup", f"waiting for Workload and PodGroup {name}")
+        elif note.reason == "AdmittedByPodGroup":  # the scheduler says so; the pods' binding is not seen yet
+            bound = sum(1 for p in current if p.node)
+            step.condition(cond.ADMITTED, False, "WaitingForScheduler", f"PodGroup {name}: {bound}/"
+                           f"{spec.replicas} pods bound; the kube-scheduler binds all or none")  # fmt: skip
+        else:
+            step.condition(cond.ADMITTED, False, note.reason, note.message)
         return
     if not gated(gang):
         who = (
