@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument(
         "--kueue", action="store_true", help="also run Kueue (built by `bash dev/build-binaries.sh kueue`)"
     )
+    p_up.add_argument(
+        "--kueue-pods-ready-timeout", default=None, metavar="DURATION",
+        help="Kueue's waitForPodsReady timeout, a Go duration (default 30s; 3m with a real node)",
+    )  # fmt: skip
     p_down = sub.add_parser("down", help="stop the processes `up` started, in reverse order")
     p_down.add_argument("--dir", type=Path, default=None, help=dir_help)
     p_status = sub.add_parser("status", help="show components, health and nodes; exit 1 unless usable")
@@ -50,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            info = cluster.up(args.profile, args.dir, nodes=args.nodes, kueue=args.kueue, log=_log)
+            info = cluster.up(
+                args.profile, args.dir, nodes=args.nodes, kueue=args.kueue, log=_log,
+                kueue_pods_ready_timeout=args.kueue_pods_ready_timeout,
+            )  # fmt: skip
             _log(info.usage())
         elif args.command == "images":
             images.require_tools()

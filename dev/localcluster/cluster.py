@@ -45,11 +45,17 @@ class ClusterInfo:
     ready_seconds: float
     logs: Path = field(default=Path())
     kueue_webhook_port: int | None = None  # set when Kueue runs (`up --kueue`)
+    kueue_pods_ready_timeout: str | None = None  # its waitForPodsReady timeout, when Kueue runs
 
     def usage(self) -> str:
         kubectl = binaries.kubectl()
         verb = "already running" if self.reused else f"ready in {self.ready_seconds:.1f}s"
-        with_kueue = f", Kueue webhooks on 127.0.0.1:{self.kueue_webhook_port}" if self.kueue_webhook_port else ""
+        with_kueue = (
+            f", Kueue webhooks on 127.0.0.1:{self.kueue_webhook_port} (waitForPodsReady "
+            f"{self.kueue_pods_ready_timeout})"
+            if self.kueue_webhook_port
+            else ""
+        )
         return "\n".join(
             [
                 f"cluster {verb}: profile {self.profile}, {len(self.node_names)} nodes, "
@@ -77,6 +83,7 @@ def _info(layout: Layout, state: dict[str, Any], reused: bool) -> ClusterInfo:
         ready_seconds=float(state.get("ready_seconds", 0.0)),
         logs=layout.logs,
         kueue_webhook_port=(state.get("kueue") or {}).get("ports", {}).get("kueue-webhook"),
+        kueue_pods_ready_timeout=(state.get("kueue") or {}).get("podsReadyTimeout"),
     )
 
 
@@ -119,16 +126,23 @@ def up(
     die_with_parent: bool = False,
     port_picker: PortPicker = pick_free_ports,
     log: Log = print,
+    kueue_pods_ready_timeout: str | None = None,
 ) -> ClusterInfo:
     """Start a control plane (or report the one already running in `directory`) and wait until usable.
 
     kueue: also run Kueue (dev/localcluster/kueue.py); added to a running cluster that lacks it.
+    kueue_pods_ready_timeout: Kueue's waitForPodsReady timeout (a Go duration); by default 30s, or 3m for a
+    profile with a real node. A Kueue already running keeps the value it was started with.
     die_with_parent: the processes get SIGTERM if the calling process dies (for test fixtures).
     port_picker: returns n ports; replaceable so tests can hand out a port that is already taken.
     """
     layout = _resolve(directory)
     prof = load_profile(profile, nodes)  # bad input fails before anything is touched
     bins = binaries.require()
+    ready_timeout = kueue_pods_ready_timeout or (
+        kueuemod.PODS_READY_TIMEOUT_REAL_NODE if prof.real_nodes else kueuemod.PODS_READY_TIMEOUT
+    )
+    kueuemod.duration_seconds(ready_timeout)  # bad input fails before anything is touched
     if kueue:
         bins["kueue"] = kueuemod.binary()
     if prof.real_nodes:
@@ -146,7 +160,7 @@ def up(
                         f"runs in {layout.dir}; run `python -m localcluster down --dir {layout.dir}` first"
                     )
                 if kueue and not state.get("kueue"):
-                    _add_kueue(layout, state, die_with_parent, port_picker, log)
+                    _add_kueue(layout, state, die_with_parent, port_picker, log, ready_timeout)
                 return _info(layout, state, reused=True)
             stopped = _stop_recorded(layout, state)
             log(
@@ -154,15 +168,19 @@ def up(
                 f"stopped {', '.join(stopped) or 'nothing'} and cleaned it, starting afresh"
             )
         _sweep_orphaned_etcd_data(log)
-        return _Starter(layout, prof, bins, die_with_parent, port_picker, log, kueue).start()
+        kueue_timeout = ready_timeout if kueue else None
+        return _Starter(layout, prof, bins, die_with_parent, port_picker, log, kueue_timeout).start()
 
 
-def _add_kueue(layout: Layout, state: dict[str, Any], die_with_parent: bool, port_picker: PortPicker, log: Log) -> None:
+def _add_kueue(
+    layout: Layout, state: dict[str, Any], die_with_parent: bool, port_picker: PortPicker, log: Log,
+    pods_ready_timeout: str,
+) -> None:  # fmt: skip
     pki = pkimod.Pki(layout.pki)
     api_port = state["ports"]["kube-apiserver"]
     api = KubeApi(api_port, pki.ca_crt, pki.crt("admin"), pki.key("admin"))
     ports = dict(zip(kueuemod.PORT_NAMES, port_picker(len(kueuemod.PORT_NAMES)), strict=True))
-    state["kueue"] = kueuemod.start(layout, pki, api, api_port, ports, die_with_parent, log)
+    state["kueue"] = kueuemod.start(layout, pki, api, api_port, ports, die_with_parent, log, pods_ready_timeout)
     layout.write_state(state)
 
 
@@ -251,8 +269,9 @@ def _etcd_data_dir(layout: Layout) -> Path:
 class _Starter:
     def __init__(
         self, layout: Layout, prof: Profile, bins: dict[str, Path], die_with_parent: bool,
-        port_picker: PortPicker, log: Log, kueue: bool = False,
+        port_picker: PortPicker, log: Log, kueue: str | None = None,
     ) -> None:  # fmt: skip
+        # kueue: run Kueue with this waitForPodsReady timeout; None: no Kueue.
         self.layout, self.prof, self.bins, self.log, self.kueue = layout, prof, bins, log, kueue
         self.die_with_parent, self.port_picker = die_with_parent, port_picker
         self.popen: dict[str, subprocess.Popen[bytes]] = {}
@@ -304,7 +323,7 @@ class _Starter:
                 cpu, cuda = ([i.ref for i in images.images(a)] for a in ("cpu", "cuda"))
                 node.start(preload=cpu, optional=cuda)
             if self.kueue:
-                _add_kueue(layout, self.state, self.die_with_parent, self.port_picker, self.log)
+                _add_kueue(layout, self.state, self.die_with_parent, self.port_picker, self.log, self.kueue)
         except BaseException:
             self._abort()
             raise

@@ -14,7 +14,9 @@ mutating and validating webhook configurations, the controller-manager config. W
   rest (pods, deployments, ...) use failurePolicy Fail and would stall every such object whenever
   the manager is down;
 - phalanx's TrainingJob is an external framework, so Kueue manages Workloads owned by one, and one
-  MultiKueue dispatches (multiKueue.externalFrameworks) when this cluster is a MultiKueue manager.
+  MultiKueue dispatches (multiKueue.externalFrameworks) when this cluster is a MultiKueue manager;
+- waitForPodsReady's timeout is short (30 s on kwok nodes, 3 min with a real node; Kueue's own default is
+  30 min), so that a gang that does not become ready is evicted by Kueue within a test.
 The manager talks to the apiserver as system:masters: its own ClusterRole is written for
 in-cluster use (a ServiceAccount, leader-election Leases in its namespace).
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -57,6 +60,13 @@ METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 PORT_NAMES = ("kueue-webhook", "kueue-health")
 START_TIMEOUT = 120.0
 USER = "/O=system:masters/CN=kueue-manager"
+# waitForPodsReady.timeout (a Go duration): kwok's pods are Ready about a second after they are bound, so
+# 30 s is far above what a healthy gang takes even on a loaded machine; a real node starts real
+# containers (seconds, longer on a cold image cache) and gets more.
+PODS_READY_TIMEOUT = "30s"
+PODS_READY_TIMEOUT_REAL_NODE = "3m"
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def version() -> str:
@@ -129,9 +139,20 @@ def webhook_configurations(module: Path, webhook_url: str, ca_bundle: str) -> li
     return out
 
 
-def configuration(module: Path, ports: dict[str, int], cert_dir: Path) -> dict[str, Any]:
-    """Its controller-manager config (config/components/manager), bound to loopback; waitForPodsReady and
-    everything not named here keep Kueue's defaults."""
+def duration_seconds(value: str) -> float:
+    """Seconds in a Go duration of h, m, s and ms parts ("30s", "1m30s"); ClusterError for anything else."""
+    parts = _DURATION_PART.findall(value)
+    if not value or "".join(n + u for n, u in parts) != value:
+        raise ClusterError(f"Kueue's waitForPodsReady timeout {value!r} is not a Go duration such as 30s or 2m30s")
+    return sum(float(n) * _SECONDS[u] for n, u in parts)
+
+
+def configuration(
+    module: Path, ports: dict[str, int], cert_dir: Path, pods_ready_timeout: str = PODS_READY_TIMEOUT
+) -> dict[str, Any]:
+    """Its controller-manager config (config/components/manager), bound to loopback, with waitForPodsReady's
+    timeout set (Kueue's requeuing strategy and the rest keep its defaults)."""
+    duration_seconds(pods_ready_timeout)
     cfg: dict[str, Any] = yaml.safe_load(
         (module / "config" / "components" / "manager" / "controller_manager_config.yaml").read_text()
     )
@@ -144,6 +165,10 @@ def configuration(module: Path, ports: dict[str, int], cert_dir: Path) -> dict[s
             "leaderElection": {"leaderElect": False},
             "internalCertManagement": {"enable": False},
             "integrations": {"frameworks": list(FRAMEWORKS), "externalFrameworks": list(EXTERNAL_FRAMEWORKS)},
+            # In v1beta2 the section being there is what turns it on (there is no `enable`). recoveryTimeout
+            # defaults to timeout, the requeuing backoff to 60 s base: phalanx makes a new Workload per
+            # attempt, which no backoff delays (docs/scheduling.md).
+            "waitForPodsReady": {"timeout": pods_ready_timeout, "blockAdmission": False},
         }
     )
     # MultiKueue (dev/localcluster/multikueue.py) dispatches TrainingJobs through its generic adapter for
@@ -204,9 +229,10 @@ def ready(port: int, timeout: float = 1.0) -> bool:
 
 def start(
     layout: Layout, pki: pkimod.Pki, api: KubeApi, api_port: int, ports: dict[str, int],
-    die_with_parent: bool, log: Log,
+    die_with_parent: bool, log: Log, pods_ready_timeout: str = PODS_READY_TIMEOUT,
 ) -> dict[str, Any]:  # fmt: skip
     """Install Kueue's CRDs and webhooks and start its manager; returns the record for cluster.json."""
+    timeout_s = duration_seconds(pods_ready_timeout)
     exe = binary()
     module = module_dir()
     t0 = time.monotonic()
@@ -226,7 +252,8 @@ def start(
     _apply(binaries.kubectl(), layout.kubeconfig, webhook_configurations(module, url, ca_bundle))
 
     config_path = layout.config / "kueue.yaml"
-    config_path.write_text(yaml.safe_dump(configuration(module, ports, cert_dir), sort_keys=False))
+    manager_config = configuration(module, ports, cert_dir, pods_ready_timeout)
+    config_path.write_text(yaml.safe_dump(manager_config, sort_keys=False))
     pkimod.sign_client(pki, "kueue", USER)
     kubeconfig = layout.config / "kueue.kubeconfig"
     cfg = components.kubeconfig(api_port, pki.ca_crt, pki.crt("kueue"), pki.key("kueue"), "kueue", embed=False)
@@ -240,6 +267,8 @@ def start(
     record: dict[str, Any] = {
         "version": version(),
         "ports": ports,
+        "podsReadyTimeout": pods_ready_timeout,
+        "podsReadyTimeoutSeconds": timeout_s,
         "processes": [{"name": "kueue", "pid": proc.pid, "exe": argv[0], "log": str(logfile)}],
     }
     try:
@@ -248,7 +277,8 @@ def start(
         process.stop(proc.pid, argv[0])  # not recorded yet: nobody else would stop it
         raise
     record["ready_seconds"] = round(time.monotonic() - t0, 2)
-    log(f"  kueue {version()} ready: webhooks on {url} (+{record['ready_seconds']:.1f}s)")
+    log(f"  kueue {version()} ready: webhooks on {url}, waitForPodsReady {pods_ready_timeout} "
+        f"(+{record['ready_seconds']:.1f}s)")  # fmt: skip
     return record
 
 
@@ -265,6 +295,15 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, logfile: Path) -> None
                 f"Kueue not ready after {START_TIMEOUT:.0f}s (http://127.0.0.1:{port}/readyz); see {logfile}"
             )
         time.sleep(0.2)
+
+
+def pods_ready_timeout_of(state_dir: Path) -> float:
+    """Seconds of waitForPodsReady's timeout that the Kueue of the cluster in state_dir was started with."""
+    state = Layout(state_dir).read_state() or {}
+    record = state.get("kueue") or {}
+    if "podsReadyTimeoutSeconds" not in record:
+        raise ClusterError(f"no Kueue recorded in {state_dir}: start it with `python -m localcluster up --kueue`")
+    return float(record["podsReadyTimeoutSeconds"])
 
 
 def stop(record: dict[str, Any]) -> list[str]:

@@ -1,7 +1,10 @@
-"""Test helpers that end simulated pods on purpose (kwok Stages in stages/sim-outcome.yaml).
+"""Test helpers that end simulated pods on purpose (kwok Stages in stages/sim-outcome.yaml), or keep them
+from starting (stages/sim-hold.yaml).
 
 A pod only ends when it is Running and carries OUTCOME; the other annotations refine how. Put the same
 annotations on a pod template (outcome_annotations()) to make every pod of a workload end that way.
+A bound pod carrying HOLD stays Pending and not Ready, its containers waiting (ContainerCreating), until
+release_pod() removes the annotation.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ EXIT_CODE = ANNOTATION_PREFIX + "exit-code"
 REASON = ANNOTATION_PREFIX + "reason"
 MESSAGE = ANNOTATION_PREFIX + "message"
 DELAY = ANNOTATION_PREFIX + "delay"
+HOLD = ANNOTATION_PREFIX + "hold"
 SUCCEED = "succeed"
 FAIL = "fail"
 
@@ -57,6 +61,16 @@ def make_pod_fail(
     """Make a (Running) pod fail after `delay`: phase Failed, every container terminated with
     exit_code (an integer in the pod status) and reason."""
     _annotate(core_v1, ns, name, outcome_annotations(FAIL, exit_code, reason, delay, message))
+
+
+def hold_annotations(reason: str = "ContainerCreating") -> dict[str, str]:
+    """Annotations that keep a bound pod from starting, its containers waiting with `reason`."""
+    return {HOLD: reason}
+
+
+def release_pod(core_v1: Any, ns: str, name: str) -> None:
+    """Let a held pod start: kwok's stock stage makes it Running and Ready."""
+    core_v1.patch_namespaced_pod(name, ns, {"metadata": {"annotations": {HOLD: None}}})
 
 
 def _annotate(core_v1: Any, ns: str, name: str, annotations: dict[str, str]) -> None:

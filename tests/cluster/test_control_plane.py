@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,32 @@ def test_outcome_annotations_on_creation_end_pod_after_delay(core_v1: client.Cor
     assert (term.exit_code, term.reason) == (0, "Completed")
     failed = wait_phase(core_v1, namespace, "bad", "Failed")
     assert failed.status.container_statuses[0].state.terminated.exit_code == 3
+
+
+def test_held_pod_stays_container_creating_until_released(core_v1: client.CoreV1Api, namespace: str) -> None:
+    core_v1.create_namespaced_pod(namespace, pod("held", annotations=sim.hold_annotations()))
+
+    def waiting() -> client.V1Pod | None:
+        p = core_v1.read_namespaced_pod("held", namespace)
+        statuses = p.status.container_statuses or []
+        return p if statuses and statuses[0].state.waiting else None
+
+    held = wait_for(waiting, timeout=30, what="held's container waiting")
+    assert held.spec.node_name and held.status.phase == "Pending"
+    assert held.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+    ready = next(c for c in held.status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "ContainersNotReady")
+    # kwok plays the Stage again on every change of the pod: it renders the same status, so nothing is
+    # written and the pod stays as it is (no rewrite loop).
+    labelled = core_v1.patch_namespaced_pod("held", namespace, {"metadata": {"labels": {"looked-at": "yes"}}})
+    time.sleep(3)
+    again = core_v1.read_namespaced_pod("held", namespace)
+    assert again.status.phase == "Pending" and again.status.container_statuses[0].state.waiting
+    assert again.metadata.resource_version == labelled.metadata.resource_version, "written again after the label"
+
+    sim.release_pod(core_v1, namespace, "held")
+    started = wait_phase(core_v1, namespace, "held", "Running")
+    assert next(c for c in started.status.conditions if c.type == "Ready").status == "True"
 
 
 def test_running_pod_made_to_succeed(core_v1: client.CoreV1Api, namespace: str) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -42,6 +43,10 @@ def test_manager_runs_and_reports_ready(cluster: Any) -> None:
     record = json.loads(state.read_text())["kueue"]
     assert record["version"] == kueue.version()
     assert kueue.ready(record["ports"]["kueue-health"])
+    real = cluster.info.profile == "real"
+    assert record["podsReadyTimeout"] == (kueue.PODS_READY_TIMEOUT_REAL_NODE if real else kueue.PODS_READY_TIMEOUT)
+    manager_config = yaml.safe_load((cluster.info.dir / "config" / "kueue.yaml").read_text())
+    assert manager_config["waitForPodsReady"]["timeout"] == record["podsReadyTimeout"]
 
 
 def test_webhook_refuses_a_bad_cluster_queue(custom: client.CustomObjectsApi, cluster_queue: str) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +269,22 @@ def test_a_missing_workload_priority_class_holds_the_job_on_the_manager_with_a_w
     assert workload_names(api_client, namespace) == set()
     assert not (jobs.get("nameless").get("status") or {})
     assert not _exists(worker.jobs(namespace), "nameless")
+
+
+def test_a_dispatched_job_running_past_the_readiness_timeout_keeps_its_workload_on_the_manager(
+    operator: Any, jobs: JobClient, worker: Worker, namespace: str, queues: None, ready_timeout: float
+) -> None:
+    """Kueue's waitForPodsReady runs on the manager too: the dispatched Workload there needs PodsReady=True
+    (from phalanx, once MultiKueue has copied the worker's Running status) or Kueue evicts it."""
+    jobs.create(dispatched("long"))
+    running_on_worker(worker, namespace, "long")
+    jobs.wait_state("long", "Running", timeout=TIMEOUT)
+    mine = workload(jobs.custom.api_client, namespace, "long-a1")
+    admitted = datetime.fromisoformat(condition(mine, "Admitted")["lastTransitionTime"].replace("Z", "+00:00"))
+    time.sleep(max(admitted.timestamp() + ready_timeout + 10 - time.time(), 0))
+    mine = workload(jobs.custom.api_client, namespace, "long-a1")
+    assert condition(mine, "Evicted").get("status") != "True", condition(mine, "Evicted")
+    assert condition(mine, "Admitted").get("status") == "True", mine
+    assert condition(mine, "PodsReady").get("status") == "True", mine
+    status = jobs.get("long")["status"]
+    assert (status["state"], status["attempt"], status["restarts"]) == ("Running", 1, 0), status

@@ -148,6 +148,19 @@ def test_a_running_gang_is_reported_ready_to_kueue_once() -> None:
     assert body["status"]["conditions"][0]["type"] == "PodsReady" and body["metadata"]["name"] == "j-a1"
 
 
+def test_a_dispatched_workload_is_reported_ready_once_the_copied_status_says_running() -> None:
+    def on_manager(*extra: dict[str, Any]) -> kueue.WorkloadView:
+        return workload(conditions=[*ADMITTED, *extra], flavors={"nvidia.com/gpu": "h100"})
+
+    assert kueue.dispatched_ready(on_manager(), "Running")
+    assert not kueue.dispatched_ready(on_manager(), "Queued") and not kueue.dispatched_ready(on_manager(), None)
+    ready = {"type": "PodsReady", "status": "True", "reason": "PodsReady", "message": "ok"}
+    assert not kueue.dispatched_ready(on_manager(ready), "Running")
+    assert not kueue.dispatched_ready(workload(conditions=[PENDING]), "Running")
+    gone = {"type": "Evicted", "status": "True", "reason": "PodsReadyTimeout", "message": "late"}
+    assert not kueue.dispatched_ready(on_manager(gone), "Running")
+
+
 # --- eviction by Kueue: preemption and waitForPodsReady --------------------------------------------
 
 PREEMPTED_MSG = (

@@ -327,4 +327,16 @@ def test_kueue_manifests_point_at_loopback_and_keep_only_its_own_and_job_webhook
     assert cfg["webhook"] == {"port": 4321, "host": "127.0.0.1", "certDir": str(tmp_path)}
     assert cfg["leaderElection"] == {"leaderElect": False}
     assert cfg["integrations"]["externalFrameworks"] == ["TrainingJob.v1alpha1.phalanx.dev"]
-    assert "waitForPodsReady" not in cfg  # Kueue's default applies
+    assert cfg["waitForPodsReady"] == {"timeout": "30s", "blockAdmission": False}  # Kueue's default is 30m
+    longer = kueue.configuration(module, {"kueue-webhook": 1, "kueue-health": 2}, tmp_path, "3m")
+    assert longer["waitForPodsReady"]["timeout"] == "3m"
+
+
+def test_kueue_pods_ready_timeout_is_a_go_duration() -> None:
+    from localcluster import kueue
+    from localcluster.errors import ClusterError
+
+    assert [kueue.duration_seconds(v) for v in ("30s", "3m", "1m30s", "1.5h", "500ms")] == [30, 180, 90, 5400, 0.5]
+    for bad in ("", "30", "thirty", "3 m", "-5s", "1d"):
+        with pytest.raises(ClusterError, match="not a Go duration"):
+            kueue.duration_seconds(bad)

@@ -130,6 +130,7 @@ class KueueAdmission:
         """A job with spec.managedBy kueue.x-k8s.io/multikueue on a manager cluster: only its Workload
         <job>-a1, which Kueue's MultiKueue dispatches to a worker cluster with a copy of the job. No pods,
         no status (MultiKueue copies the worker's), no Workload deleted (its owner reference does that).
+        Once the copied status says Running, the Workload's PodsReady=True (core/kueue.py dispatched_ready).
         Returns what keeps it from being dispatched, once per distinct reason (the caller posts it as an
         Event: the status is MultiKueue's)."""
         kube = self.op.kube
@@ -141,7 +142,13 @@ class KueueAdmission:
                 "NoQueueName", f"managedBy {job.spec.managed_by} needs spec.scheduling.queueName: no Workload made"
             ))  # fmt: skip
         name = kueue.workload_name(job.name, 1)
-        if any(w["metadata"]["name"] == name for w in await kube.list_workloads(job.namespace, job.name)):
+        made = [kueue.workload_view(w) for w in await kube.list_workloads(job.namespace, job.name)]
+        current = next((w for w in made if w.name == name), None)
+        if current is not None:
+            if kueue.dispatched_ready(current, job.status.state):
+                now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                await kube.apply_workload_status(kueue.pods_ready_apply(job.namespace, name, job.spec.replicas, now))
+                log.info("%s/%s: the worker runs it; PodsReady=True on the dispatched Workload %s", *key, name)
             return None
         priority, missing = await self._priority(job)
         if missing is not None:

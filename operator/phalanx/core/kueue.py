@@ -321,6 +321,14 @@ def decide(
     return step
 
 
+def dispatched_ready(current: WorkloadView, state: str | None) -> bool:
+    """On a MultiKueue manager cluster: whether the dispatched Workload's PodsReady=True is due. Kueue's
+    waitForPodsReady runs there too and evicts an admitted Workload that lacks it; Kueue's job framework
+    reports it for its own kinds from the job's status, which MultiKueue copies from the worker, and so
+    does phalanx for a TrainingJob: once that status says Running."""
+    return current.admitted and not current.pods_ready and current.evicted is None and state == "Running"
+
+
 def finished_apply(namespace: str, name: str, succeeded: bool, message: str, now: str) -> Manifest:
     """A server-side apply of the Workload's Finished=True condition alone, as Kueue's job framework writes
     it when a job ends (reason Succeeded or Failed): the quota is released and MultiKueue's manager copies
