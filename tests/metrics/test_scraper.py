@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from phalanx.controller import scraper as sc
+from phalanx.controller.caches import Caches
 from phalanx.controller.scraper import ConfigError, Scraper, ScrapeSettings
 from phalanx.core import health
 from phalanx.core import telemetry as tm
@@ -130,7 +131,7 @@ class FakeOperator:
     def __init__(self, body: dict[str, Any], pods: list[PodView]) -> None:
         self.body = body
         self.pods = pods
-        self.indices: dict[str, Any] = {"job_index": {("ns", "j"): [body]}}
+        self.caches = Caches({"job_index": {("ns", "j"): [body]}})
         self.queued: list[tuple[str, str]] = []
 
     def pods_of(self, key: tuple[str, str], uid: str) -> list[PodView]:

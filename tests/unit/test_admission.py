@@ -10,6 +10,7 @@ import pytest
 
 from phalanx.controller import admitter as admitter_module
 from phalanx.controller.admitter import Admitter, prefer_node, shape_of
+from phalanx.controller.caches import Caches
 from phalanx.core import names
 from phalanx.core.admission import (
     GPU,
@@ -241,6 +242,7 @@ class FakeOperator:
             "node_index": {n.name: [n] for n in nodes},
             "usage_index": {},
         }
+        self.caches = Caches(self.indices)  # reads through to the dict the test changes
         self.enqueued: list[tuple[str, str]] = []
 
     def add_job(self, name: str, replicas: int, gpus: int, state: str = "Queued", created: int = 0) -> None:

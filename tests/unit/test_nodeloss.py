@@ -163,13 +163,14 @@ def test_node_health_reads_the_ready_condition_only() -> None:
 
 
 def test_node_events_wake_only_the_jobs_on_a_node_that_is_lost_or_turns_not_ready() -> None:
+    from phalanx.controller.caches import Caches
     from phalanx.controller.operator import Operator
 
     op = Operator(workers=1)
     on_n1 = {"view": pod(0, node="n1"), "owner": "u"}
     done_on_n1 = {"view": pod(0, node="n1", phase="Succeeded"), "owner": "u"}
-    op.indices = {"pod_index": {("ns", "a"): [on_n1], ("ns", "b"): [{"view": pod(0, node="n2"), "owner": "u"}],
-                                ("ns", "c"): [done_on_n1]}}  # fmt: skip
+    op.caches = Caches({"pod_index": {("ns", "a"): [on_n1], ("ns", "b"): [{"view": pod(0, node="n2"), "owner": "u"}],
+                                      ("ns", "c"): [done_on_n1]}})  # fmt: skip
     woken: list[object] = []
     op.enqueue = woken.append  # type: ignore[method-assign]
     op.node_changed("n1", READY)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from phalanx.controller.caches import Caches
 from phalanx.controller.kube import Gone
 from phalanx.controller.operator import REPORT_AFTER_FAILURES, Operator
 from phalanx.core import conditions as cond
@@ -24,8 +25,8 @@ def refused(status: int, message: str) -> ApiException:
 
 
 class FakeKube:
-    def __init__(self, op: Operator, create_error: BaseException | None = None) -> None:
-        self.op, self.create_error = op, create_error
+    def __init__(self, op: Operator, indices: dict[str, Any], create_error: BaseException | None = None) -> None:
+        self.op, self.indices, self.create_error = op, indices, create_error
         self.created: list[str] = []
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str]] = []
@@ -43,10 +44,10 @@ class FakeKube:
         if self.status_error is not None:
             raise self.status_error
         self.statuses.append(status)
-        body = self.op.indices["job_index"][KEY][0]
+        body = self.indices["job_index"][KEY][0]
         new_rv = f"{body['metadata']['resourceVersion']}.{len(self.statuses)}"  # opaque, as the API's are
         meta = {**body["metadata"], "resourceVersion": new_rv}
-        self.op.indices["job_index"][KEY] = [{**body, "status": {**body["status"], **status}, "metadata": meta}]
+        self.indices["job_index"][KEY] = [{**body, "status": {**body["status"], **status}, "metadata": meta}]
         return new_rv
 
     async def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -64,7 +65,7 @@ def operator(create_error: BaseException | None = None) -> tuple[Operator, FakeK
         "spec": {"framework": "pytorch", "replicas": 2, "template": {"spec": {"containers": [{"name": "trainer"}]}}},
         "status": {},
     }
-    op.indices = {
+    indices: dict[str, Any] = {
         "job_index": {KEY: [body]},
         "pod_index": {},
         "service_index": {KEY: [True]},
@@ -74,13 +75,22 @@ def operator(create_error: BaseException | None = None) -> tuple[Operator, FakeK
         "node_health_index": {},
         "usage_index": {},
     }
-    kube = FakeKube(op, create_error)
+    op.caches = Caches(indices)
+    kube = FakeKube(op, indices, create_error)
     op.kube = kube  # type: ignore[assignment]
     return op, kube
 
 
+def job_store(op: Operator) -> dict[Any, list[Any]]:
+    """The job index the operator's caches read (FakeKube writes status into it)."""
+    kube = op.kube
+    assert isinstance(kube, FakeKube)
+    store: dict[Any, list[Any]] = kube.indices["job_index"]
+    return store
+
+
 def status(op: Operator) -> Any:
-    return job_view(op.indices["job_index"][KEY][0]).status
+    return job_view(job_store(op)[KEY][0]).status
 
 
 def test_a_refused_create_reaches_status_and_the_retry_waits_for_the_backoff() -> None:
@@ -142,16 +152,16 @@ def test_a_job_deleted_while_it_is_reconciled_is_no_failed_reconcile() -> None:
 
 def test_a_job_still_cached_at_the_version_our_write_replaced_is_not_acted_on() -> None:
     op, kube = operator()
-    body = op.indices["job_index"][KEY][0]
+    body = job_store(op)[KEY][0]
 
     async def run() -> None:
         await op.reconcile(KEY)  # writes attempt 1, conditional on resourceVersion "1"
         assert len(kube.statuses) == 1
-        op.indices["job_index"][KEY] = [body]  # the watch has not brought our write back yet
+        job_store(op)[KEY] = [body]  # the watch has not brought our write back yet
         await op.reconcile(KEY)
         assert len(kube.statuses) == 1  # nothing decided from the stale copy
         # Someone else's write came through: resourceVersions are opaque, so only equality counts.
-        op.indices["job_index"][KEY] = [{**body, "metadata": {**body["metadata"], "resourceVersion": "a0"}}]
+        job_store(op)[KEY] = [{**body, "metadata": {**body["metadata"], "resourceVersion": "a0"}}]
         await op.reconcile(KEY)
         assert len(kube.statuses) == 2
 

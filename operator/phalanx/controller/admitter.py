@@ -155,7 +155,7 @@ class Admitter:
         assert job.spec is not None
         if not gated(Gang(job.name, job.namespace, job.uid, job.spec, max(job.status.attempt, 1))):
             return None  # another admission system decides
-        nodes = [v for store in self.op.indices["node_index"].values() for v in store]
+        nodes = self.op.caches.nodes()
         never = adm.never_fits(nodes, demand_of(job, entry.shape, 0, job.spec.replicas))
         return AdmissionNote(never.reason, never.message, fatal=True) if never else None
 
@@ -174,9 +174,8 @@ class Admitter:
         """O(jobs): the gangs that wait for admission and the admitted ones still binding, from the caches."""
         got = _Inputs()
         seen: dict[JobKey, int] = {}  # gangs of built-in admission, at the attempt the cache shows
-        for key, store in list(self.op.indices["job_index"].items()):
-            body = next(iter(store), None)
-            if body is None or not may_wait(body):
+        for key, body in self.op.caches.jobs():
+            if not may_wait(body):
                 continue
             entry = self._cached(key, body)
             if entry is None:
@@ -221,8 +220,8 @@ class Admitter:
         # Gangs admitted as they were created, while the cache still shows the job before its attempt
         # was recorded: their whole demand stays booked until the cache shows that attempt.
         for key, (attempt, demand) in list(self._booked.items()):
-            body = next(iter(self.op.indices["job_index"].get(key) or []), None)
-            if body is None or int((body.get("status") or {}).get("attempt") or 0) >= attempt:
+            cached = self.op.caches.job(key)
+            if cached is None or int((cached.get("status") or {}).get("attempt") or 0) >= attempt:
                 del self._booked[key]
             else:
                 got.admitted.append(demand)
@@ -254,9 +253,7 @@ class Admitter:
         demand = demand_of(job, entry.shape, self.op.priority(job.spec.scheduling.priority_class_name), pods)
         if self._ahead_of(demand, known):
             return None  # an older (or higher-priority) gang is still on its way to admission: the loop orders them
-        nodes = [v for store in self.op.indices["node_index"].values() for v in store]
-        usage = [u for store in self.op.indices["usage_index"].values() for u in store]
-        decision = adm.decide(nodes, usage, inputs.admitted, [demand])
+        decision = adm.decide(self.op.caches.nodes(), self.op.caches.usage(), inputs.admitted, [demand])
         placed = decision.placements.get(key)
         if key not in decision.admit or placed is None or len(placed) != pods:
             return None
@@ -271,9 +268,8 @@ class Admitter:
         """Whether another job of built-in admission, not admitted and not settled (its pods may not exist
         yet), comes before `demand` in the loop's order (priority, then age). O(jobs)."""
         mine = (-demand.priority, demand.created, demand.key)
-        for key, store in list(self.op.indices["job_index"].items()):
-            body = next(iter(store), None)
-            if key == demand.key or key in admitted or body is None or body["metadata"].get("deletionTimestamp"):
+        for key, body in self.op.caches.jobs():
+            if key == demand.key or key in admitted or body["metadata"].get("deletionTimestamp"):
                 continue
             if (body.get("status") or {}).get("state") in SETTLED_STATES:
                 continue
@@ -295,7 +291,6 @@ class Admitter:
         O(nodes + accelerator pods bound + pods of waiting jobs)."""
         if not self.op.leading:
             return adm.Decision()  # a standby decides nothing; it is woken when it leads
-        indices = self.op.indices
         began = time.perf_counter()
         now = time.monotonic()
         got = self._gather(now)
@@ -305,8 +300,7 @@ class Admitter:
         if not queue and not admitted and not unfinished:
             self._computed = time.perf_counter() - began
             return adm.Decision()  # nothing gated or binding: no need to read 1000 nodes and their pods
-        nodes = [v for store in indices["node_index"].values() for v in store]
-        usage = [u for store in indices["usage_index"].values() for u in store]
+        nodes, usage = self.op.caches.nodes(), self.op.caches.usage()
         started = time.perf_counter()
         decision = adm.decide(nodes, usage, admitted, queue)
         took = (time.perf_counter() - started) * 1000

@@ -9,6 +9,7 @@ from typing import Any
 from phalanx.core import names
 from phalanx.core.admission import ACCELERATORS, NodeView, Usage
 from phalanx.core.health import NodeSignals, node_unhealthy
+from phalanx.core.model import PodView
 from phalanx.core.nodeloss import NodeHealth
 from phalanx.core.observe import parse_time, pod_view
 from phalanx.core.storage import ClaimView
@@ -103,3 +104,72 @@ def checkpoint_claim(job: JobKey, spec: Mapping[str, Any]) -> str | None:
     if not ckpt or ckpt.get("uri"):
         return None
     return str(ckpt.get("claimName") or names.checkpoint_claim_name(job[1]))
+
+
+class Caches:
+    """kopf's indexes, as the operator reads them: the one place that knows their names (handlers.py
+    declares the indexes under these names and hands them over on startup)."""
+
+    JOBS = "job_index"  # (namespace, name) -> [TrainingJob body]
+    PODS = "pod_index"  # job key -> [pod_entry] of its pods
+    SERVICES = "service_index"  # job key -> [True] while its headless Service exists
+    NODES = "node_index"  # node name -> [NodeView]
+    NODE_HEALTH = "node_health_index"  # node name -> [NodeHealth]
+    USAGE = "usage_index"  # pod -> [Usage] of bound, unfinished accelerator pods, anyone's
+    PRIORITIES = "priority_index"  # PriorityClass name -> [value]
+    CLAIMS = "claim_index"  # (namespace, claim) -> [ClaimView]
+    NAMES = (JOBS, PODS, SERVICES, NODES, NODE_HEALTH, USAGE, PRIORITIES, CLAIMS)
+
+    def __init__(self, indices: Mapping[str, Any] | None = None) -> None:
+        self._indices: Mapping[str, Any] = indices or {}
+
+    def _index(self, name: str) -> Mapping[Any, Any]:
+        index: Mapping[Any, Any] = self._indices.get(name) or {}
+        return index
+
+    def _one(self, name: str, key: object) -> Any | None:
+        store = self._index(name).get(key)
+        return next(iter(store), None) if store else None
+
+    def _all(self, name: str) -> list[Any]:
+        return [v for store in list(self._index(name).values()) for v in store]
+
+    def job(self, key: JobKey) -> Mapping[str, Any] | None:
+        body: Mapping[str, Any] | None = self._one(self.JOBS, key)
+        return body
+
+    def jobs(self) -> list[tuple[JobKey, Mapping[str, Any]]]:
+        """Every cached TrainingJob with its key (a snapshot: safe while kopf updates the index)."""
+        return [(key, body) for key, store in list(self._index(self.JOBS).items()) for body in list(store)[:1]]
+
+    def pods_of(self, key: JobKey, uid: str) -> list[PodView]:
+        """The pods the job with this uid owns (a job recreated under the same name owns none of the old)."""
+        return [e["view"] for e in self._index(self.PODS).get(key) or [] if e["owner"] == uid]
+
+    def pods_by_job(self) -> list[tuple[JobKey, list[PodView]]]:
+        return [(key, [e["view"] for e in store or []]) for key, store in list(self._index(self.PODS).items())]
+
+    def service_exists(self, key: JobKey) -> bool:
+        return self._one(self.SERVICES, key) is not None
+
+    def claim(self, namespace: str, name: str) -> ClaimView | None:
+        view: ClaimView | None = self._one(self.CLAIMS, (namespace, name))
+        return view
+
+    def priority(self, class_name: str) -> int | None:
+        value = self._one(self.PRIORITIES, class_name)
+        return int(value) if value is not None else None
+
+    def node(self, name: str) -> NodeView | None:
+        view: NodeView | None = self._one(self.NODES, name)
+        return view
+
+    def nodes(self) -> list[NodeView]:
+        return self._all(self.NODES)
+
+    def node_health(self, name: str) -> NodeHealth | None:
+        health: NodeHealth | None = self._one(self.NODE_HEALTH, name)
+        return health
+
+    def usage(self) -> list[Usage]:
+        return self._all(self.USAGE)

@@ -14,22 +14,12 @@ from prometheus_client import start_http_server
 
 from phalanx.api.models import GROUP, PLURAL, VERSION
 from phalanx.controller import caches, essence
+from phalanx.controller.caches import Caches
 from phalanx.controller.operator import Operator
 from phalanx.core import managedby, names
 
 JOBS_RESOURCE = (GROUP, VERSION, PLURAL)
 MANAGED = {names.LABEL_JOB: kopf.PRESENT}
-# The caches the operator reads (kopf indexes, by handler id).
-INDEXES = (
-    "job_index",
-    "pod_index",
-    "service_index",
-    "node_index",
-    "node_health_index",
-    "usage_index",
-    "priority_index",
-    "claim_index",
-)
 
 
 def configure(settings: kopf.OperatorSettings, one_namespace: bool = False) -> None:
@@ -55,7 +45,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
         if metrics_port:
             start_http_server(metrics_port)
-        await op.start({name: kwargs[name] for name in INDEXES})
+        await op.start({name: kwargs[name] for name in Caches.NAMES})
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -70,34 +60,32 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
     # these only compute small views and touch the work queue and the admitter, which live on the
     # event loop and are not thread-safe (asyncio.Event.set() from a thread fails under load).
     # --- caches -----------------------------------------------------------------------------------
-    @kopf.index(*JOBS_RESOURCE, registry=registry, id="job_index")
+    @kopf.index(*JOBS_RESOURCE, registry=registry, id=Caches.JOBS)
     async def job_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         snapshot = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
         return {(kw["namespace"], kw["name"]): snapshot}
 
-    @kopf.index("pods", labels=MANAGED, registry=registry, id="pod_index")
+    @kopf.index("pods", labels=MANAGED, registry=registry, id=Caches.PODS)
     async def pod_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {caches.job_key_of_pod(kw["labels"], kw["namespace"]): caches.pod_entry(body)}
 
-    @kopf.index("services", labels=MANAGED, registry=registry, id="service_index")
+    @kopf.index("services", labels=MANAGED, registry=registry, id=Caches.SERVICES)
     async def service_index(**kw: Any) -> dict[Any, Any]:
         return {caches.job_key_of_pod(kw["labels"], kw["namespace"]): True}
 
-    @kopf.index("nodes", registry=registry, id="node_index")
+    @kopf.index("nodes", registry=registry, id=Caches.NODES)
     async def node_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {kw["name"]: caches.node_entry(body, op.node_signals)}
 
-    @kopf.index("nodes", registry=registry, id="node_health_index")
+    @kopf.index("nodes", registry=registry, id=Caches.NODE_HEALTH)
     async def node_health_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {kw["name"]: caches.node_health(body)}
 
-    @kopf.index(
-        "pods", registry=registry, id="usage_index", when=lambda body, **_: caches.usage_entry(body) is not None
-    )
+    @kopf.index("pods", registry=registry, id=Caches.USAGE, when=lambda body, **_: caches.usage_entry(body) is not None)
     async def usage_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {(kw["namespace"], kw["name"]): caches.usage_entry(body)}
 
-    @kopf.index("persistentvolumeclaims", registry=registry, id="claim_index")
+    @kopf.index("persistentvolumeclaims", registry=registry, id=Caches.CLAIMS)
     async def claim_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {(kw["namespace"], kw["name"]): caches.claim_entry(body)}
 
@@ -106,7 +94,7 @@ def build_registry(op: Operator, metrics_port: int | None = None) -> kopf.Operat
         op.caches_warm()
         op.claim_changed(kw["namespace"], kw["name"])
 
-    @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", registry=registry, id="priority_index")
+    @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", registry=registry, id=Caches.PRIORITIES)
     async def priority_index(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
         return {kw["name"]: int(body.get("value", 0))}
 

@@ -16,7 +16,7 @@ from phalanx.api.models import API_VERSION, KIND
 from phalanx.controller import caches, metrics
 from phalanx.controller.admitter import Admitter
 from phalanx.controller.backoff import CAP_SECONDS, FIRST_SECONDS, Backoff
-from phalanx.controller.caches import JobKey
+from phalanx.controller.caches import Caches, JobKey
 from phalanx.controller.election import Elector
 from phalanx.controller.kube import Conflict, Gone, Kube, NotLeading, api_error_message, refusal_of
 from phalanx.controller.kueue import KueueAdmission
@@ -66,7 +66,7 @@ class Operator:
         self.watch_namespace = s.watch_namespace
         self.api_concurrency = s.api_concurrency
         self.kube: Kube | None = None
-        self.indices: Mapping[str, Any] = {}
+        self.caches = Caches()  # kopf's indexes, once start() has them
         self._tasks: list[asyncio.Task[None]] = []
         # Per job, the resourceVersion our last status write replaced (the write was conditional on
         # it): a cached job still at that version is stale (our own write has not come back through
@@ -89,7 +89,7 @@ class Operator:
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, indices: Mapping[str, Any]) -> None:
-        self.indices = indices
+        self.caches = Caches(indices)
         self.kube = Kube(concurrency=self.api_concurrency)
         self._warm = asyncio.Event()
         if self.election.enabled:
@@ -98,7 +98,7 @@ class Operator:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(asyncio.create_task(self.admitter.run()))
         self._tasks.append(asyncio.create_task(self.scraper.run()))
-        self._tasks.append(asyncio.create_task(metrics.refresh_forever(self._job_bodies, lambda: len(self.queue))))
+        self._tasks.append(asyncio.create_task(metrics.refresh_forever(self.job_bodies, lambda: len(self.queue))))
         if self.elector is not None:
             self._election = asyncio.create_task(self.elector.run(self._warm))
             self._tasks.append(self._election)
@@ -155,42 +155,30 @@ class Operator:
 
     def _started_leading(self) -> None:
         """Act at once: every job is reconciled from the warm caches, and admission decides."""
-        for key in list(self.indices.get("job_index", {})):
+        for key, _ in self.caches.jobs():
             self.enqueue(key)
         self.admitter.wake()
 
     # --- cache reads -----------------------------------------------------------------------------
-    def _one(self, index: str, key: object) -> Any | None:
-        store = self.indices[index].get(key)
-        return next(iter(store), None) if store else None
-
     def job_body(self, key: JobKey) -> Mapping[str, Any] | None:
-        result: Mapping[str, Any] | None = self._one("job_index", key)
-        return result
-
-    def _job_bodies(self) -> list[Mapping[str, Any]]:
-        return [b for store in list(self.indices["job_index"].values()) for b in store]
+        return self.caches.job(key)
 
     def job_bodies(self) -> list[Mapping[str, Any]]:
         """Every TrainingJob in the cache."""
-        return self._job_bodies()
+        return [body for _, body in self.caches.jobs()]
 
     def pods_of(self, key: JobKey, uid: str) -> list[PodView]:
-        store = self.indices["pod_index"].get(key)
-        return [e["view"] for e in store or [] if e["owner"] == uid]
+        return self.caches.pods_of(key, uid)
 
     def priority(self, class_name: str | None) -> int:
-        if not class_name:
-            return 0
-        value = self._one("priority_index", class_name)
-        return int(value) if value is not None else 0
+        return (self.caches.priority(class_name) or 0) if class_name else 0
 
     def node_healths(self, pods: list[PodView]) -> dict[str, NodeHealth | None]:
         """The cached health of each node the pods are bound to; a node absent from the cache is left
         out (not judged) here and confirmed gone by `_confirm_gone`."""
         found: dict[str, NodeHealth | None] = {}
         for node in {p.node for p in pods if p.node}:
-            health = self._one("node_health_index", node)
+            health = self.caches.node_health(node)
             if health is not None:
                 found[node] = health
         return found
@@ -218,7 +206,7 @@ class Operator:
         """The nodes of `pods` whose GPUs are marked unhealthy, from the node cache: node -> why."""
         out = {}
         for node in {p.node for p in pods if p.node}:
-            view = self._one("node_index", node)
+            view = self.caches.node(node)
             if view is not None and view.unhealthy:
                 out[node] = view.unhealthy
         return out
@@ -242,15 +230,14 @@ class Operator:
 
     def _wake_jobs_on(self, node: str) -> None:
         """Enqueue the jobs with unfinished pods on `node` (O(pods of jobs))."""
-        for key, store in list(self.indices.get("pod_index", {}).items()):
-            if any(e["view"].node == node and e["view"].phase not in FINISHED for e in store or []):
+        for key, pods in self.caches.pods_by_job():
+            if any(p.node == node and p.phase not in FINISHED for p in pods):
                 self.enqueue(key)
 
     def claim_changed(self, namespace: str, claim: str) -> None:
         """Wake the jobs of the namespace that mount this claim (O(jobs in the index))."""
-        for key, store in list(self.indices["job_index"].items()):
-            body = next(iter(store), None)
-            if key[0] == namespace and body is not None and caches.checkpoint_claim(key, body["spec"]) == claim:
+        for key, body in self.caches.jobs():
+            if key[0] == namespace and caches.checkpoint_claim(key, body["spec"]) == claim:
                 self.enqueue(key)
 
     async def _worker(self) -> None:
@@ -346,9 +333,9 @@ class Operator:
                 self._post(ref, "Warning", held.reason, held.message)
             return
         pods = self.pods_of(key, job.uid)
-        service_exists = self._one("service_index", key) is not None
+        service_exists = self.caches.service_exists(key)
         claim = caches.checkpoint_claim(key, spec)
-        view = self._one("claim_index", (key[0], claim)) if claim else None
+        view = self.caches.claim(key[0], claim) if claim else None
         claims = {claim: view} if claim and view else {}
         telemetry = self.scraper.latest(key)  # the trainers' numbers, folded into status while it runs
         queued = bool(job.spec is not None and job.spec.scheduling.queue_name)

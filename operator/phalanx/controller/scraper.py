@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from phalanx.api.models import PreflightStatus
 from phalanx.controller import metrics
-from phalanx.controller.caches import JobKey
+from phalanx.controller.caches import Caches, JobKey
 from phalanx.core import health, telemetry
 from phalanx.core.health import GangProgress, RankProgress
 from phalanx.core.model import PodView
@@ -162,7 +162,7 @@ class ScrapeSettings:
 class Jobs(Protocol):
     """What the scraper needs from the operator: its caches and its work queue."""
 
-    indices: Mapping[str, Any]
+    caches: Caches
 
     def pods_of(self, key: JobKey, uid: str) -> list[PodView]: ...
 
@@ -302,9 +302,8 @@ class Scraper:
 
     def running_jobs(self) -> dict[JobKey, Mapping[str, Any]]:
         out: dict[JobKey, Mapping[str, Any]] = {}
-        for key, store in list(self.jobs.indices["job_index"].items()):
-            body = next(iter(store), None)
-            if body is not None and (body.get("status") or {}).get("state") == "Running":
+        for key, body in self.jobs.caches.jobs():
+            if (body.get("status") or {}).get("state") == "Running":
                 out[key] = body
         return out
 
