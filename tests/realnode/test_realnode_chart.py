@@ -33,7 +33,16 @@ def leader(core_v1: client.CoreV1Api, namespace: str) -> str:
     """The pod that holds the chart's Lease (its name is its identity), once one does."""
     names = {p.metadata.name for p in operator_pods(core_v1, namespace)}
     coordination = client.CoordinationV1Api(core_v1.api_client)
-    holder = lambda: coordination.read_namespaced_lease(RELEASE, namespace).spec.holder_identity  # noqa: E731
+
+    def holder() -> str | None:
+        # A pod is Ready once its caches are warm, a moment before its elector first creates the Lease.
+        try:
+            return str(coordination.read_namespaced_lease(RELEASE, namespace).spec.holder_identity)
+        except client.exceptions.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     wait_for(lambda: holder() in names, timeout=60, what=f"one of {sorted(names)} to hold the Lease")
     return str(holder())
 
