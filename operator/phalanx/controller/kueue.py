@@ -20,6 +20,7 @@ from phalanx.controller.kube import api_error_message
 from phalanx.core import kueue
 from phalanx.core.gang import Gang
 from phalanx.core.model import JobView, PodView
+from phalanx.core.observe import format_time
 from phalanx.core.reconcile import AdmissionNote
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class KueueAdmission:
         for name in wanted.delete:
             await kube.delete_workload(ns, name)
         if wanted.finish is not None:
-            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            now = format_time(datetime.now(UTC))
             ok = status.state == "Succeeded"
             said = next((c.message for c in status.conditions if c.type == status.state and c.status == "True"), "")
             await kube.apply_workload_status(kueue.finished_apply(ns, wanted.finish, ok, said, now))
@@ -102,7 +103,7 @@ class KueueAdmission:
         assert wanted.placement is not None
         self.notes.pop(key, None)
         if wanted.report_ready is not None:
-            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            now = format_time(datetime.now(UTC))
             await kube.apply_workload_status(kueue.pods_ready_apply(ns, wanted.report_ready, gang.replicas, now))
         current = [p for p in pods if p.attempt == gang.attempt and not p.terminating]
         waiting = [p for p in current if p.gated]
@@ -146,7 +147,7 @@ class KueueAdmission:
         current = next((w for w in made if w.name == name), None)
         if current is not None:
             if kueue.dispatched_ready(current, job.status.state):
-                now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                now = format_time(datetime.now(UTC))
                 await kube.apply_workload_status(kueue.pods_ready_apply(job.namespace, name, job.spec.replicas, now))
                 log.info("%s/%s: the worker runs it; PodsReady=True on the dispatched Workload %s", *key, name)
             return None

@@ -333,30 +333,20 @@ def finished_apply(namespace: str, name: str, succeeded: bool, message: str, now
     """A server-side apply of the Workload's Finished=True condition alone, as Kueue's job framework writes
     it when a job ends (reason Succeeded or Failed): the quota is released and MultiKueue's manager copies
     the end to its own Workload."""
-    condition = {
-        "type": FINISHED,
-        "status": "True",
-        "reason": "Succeeded" if succeeded else "Failed",
-        "message": message[:32768] or ("the job succeeded" if succeeded else "the job failed"),
-        "lastTransitionTime": now,
-    }
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Workload",
-        "metadata": {"name": name, "namespace": namespace},
-        "status": {"conditions": [condition]},
-    }
+    reason = "Succeeded" if succeeded else "Failed"
+    text = message[:32768] or ("the job succeeded" if succeeded else "the job failed")
+    return _condition_apply(namespace, name, FINISHED, reason, text, now)
 
 
 def pods_ready_apply(namespace: str, name: str, replicas: int, now: str) -> Manifest:
     """A server-side apply of the Workload's PodsReady=True condition alone (Kueue owns the rest)."""
-    condition = {
-        "type": PODS_READY,
-        "status": "True",
-        "reason": "PodsReady",
-        "message": f"all {replicas} pods of the gang are running",
-        "lastTransitionTime": now,
-    }
+    return _condition_apply(
+        namespace, name, PODS_READY, "PodsReady", f"all {replicas} pods of the gang are running", now
+    )
+
+
+def _condition_apply(namespace: str, name: str, type_: str, reason: str, message: str, now: str) -> Manifest:
+    condition = {"type": type_, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now}
     return {
         "apiVersion": API_VERSION,
         "kind": "Workload",

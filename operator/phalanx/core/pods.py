@@ -34,17 +34,21 @@ def job_labels(gang: Gang) -> dict[str, str]:
     return {names.LABEL_JOB: gang.job, names.LABEL_MANAGED_BY: names.MANAGER}
 
 
+def _gang_of_ours(gang: Gang) -> bool:
+    """A gang that neither Kueue nor another scheduler admits."""
+    s = gang.spec.scheduling
+    return s.gang and not s.queue_name and not s.scheduler_name
+
+
 def gated(gang: Gang) -> bool:
     """Built-in gang admission applies unless another admission system owns the job."""
-    s = gang.spec.scheduling
-    return s.gang and not s.queue_name and not s.scheduler_name and not pod_group_gang(gang)
+    return _gang_of_ours(gang) and gang.spec.scheduling.gang_backend is not GangBackend.POD_GROUP
 
 
 def pod_group_gang(gang: Gang) -> bool:
     """gangBackend PodGroup (core/podgroup.py): the kube-scheduler's gang admits the pods. The CRD refuses
     it with queueName, schedulerName or gang: false; checked again so that no older job is half-admitted."""
-    s = gang.spec.scheduling
-    return s.gang_backend is GangBackend.POD_GROUP and s.gang and not s.queue_name and not s.scheduler_name
+    return _gang_of_ours(gang) and gang.spec.scheduling.gang_backend is GangBackend.POD_GROUP
 
 
 def held(gang: Gang) -> bool:
