@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 
 from localcluster.testing import wait_for
-from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
+from tests.kueue.queues import GROUP, H100, VERSION, drop_queue, make_queue
 from tests.plugins.operator import JobClient
 from tests.scheduling.conftest import PodWatch, gpu_job
 
@@ -28,25 +28,11 @@ RESERVED = {"key": "example.com/reserved", "operator": "Equal", "value": "team-a
 def queue(api_client: client.ApiClient, namespace: str) -> Iterator[tuple[str, str]]:
     """A LocalQueue `team` in the namespace, on a ClusterQueue of 16 GPUs in one ResourceFlavor: the
     H100 nodes of zone us-central1-a (2 of the default profile's 4, 8 GPUs each). Yields (flavor, zone)."""
-    custom = client.CustomObjectsApi(api_client)
     name, zone = f"h100-a-{namespace}", "us-central1-a"
-    custom.create_cluster_custom_object(GROUP, VERSION, "resourceflavors", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": name},
-        "spec": {"nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", ZONE: zone},
-                 "tolerations": [RESERVED]},
-    })  # fmt: skip
-    custom.create_cluster_custom_object(GROUP, VERSION, "clusterqueues", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterQueue", "metadata": {"name": name},
-        "spec": {"namespaceSelector": {}, "resourceGroups": [{
-            "coveredResources": ["nvidia.com/gpu"],
-            "flavors": [{"name": name, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": "16"}]}],
-        }]},
-    })  # fmt: skip
-    local_queue(custom, namespace, name)
+    make_queue(client.CustomObjectsApi(api_client), namespace, name, {"nvidia.com/gpu": "16"},
+               node_labels={**H100, ZONE: zone}, tolerations=[RESERVED])  # fmt: skip
     yield name, zone
-    custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", namespace, "trainingjobs")
-    client.CoreV1Api(api_client).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
-    delete_cluster_queue(custom, name)  # Kueue's finalizers hold them until no Workload uses them
+    drop_queue(api_client, namespace, name)
 
 
 def admitted(jobs: JobClient, name: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from localcluster.testing import wait_for
-from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
+from tests.kueue.queues import drop_queue, make_queue
 from tests.plugins.operator import JobClient
 from tests.scheduling.conftest import gpu_job
 
@@ -22,27 +22,13 @@ pytestmark = pytest.mark.kueue
 @pytest.fixture
 def cluster_queue(api_client: client.ApiClient, namespace: str) -> Iterator[Any]:
     """make(resource, quota): a ClusterQueue covering `resource` with `quota`, and LocalQueue `team` on it."""
-    custom = client.CustomObjectsApi(api_client)
     name = f"misconfig-{namespace}"
 
     def make(resource: str, quota: str) -> str:
-        custom.create_cluster_custom_object(GROUP, VERSION, "resourceflavors", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": name},
-        })  # fmt: skip
-        custom.create_cluster_custom_object(GROUP, VERSION, "clusterqueues", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterQueue", "metadata": {"name": name},
-            "spec": {"namespaceSelector": {}, "resourceGroups": [{
-                "coveredResources": [resource],
-                "flavors": [{"name": name, "resources": [{"name": resource, "nominalQuota": quota}]}],
-            }]},
-        })  # fmt: skip
-        local_queue(custom, namespace, name)
-        return name
+        return make_queue(client.CustomObjectsApi(api_client), namespace, name, {resource: quota})
 
     yield make
-    custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", namespace, "trainingjobs")
-    client.CoreV1Api(api_client).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
-    delete_cluster_queue(custom, name)
+    drop_queue(api_client, namespace, name)
 
 
 def waits_saying(jobs: JobClient, name: str, *words: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from localcluster.testing import wait_for
 from phalanx.core import kueue
 from phalanx.core.names import FIELD_MANAGER
 from phalanx_trainer.metrics import TrainerMetrics
-from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
+from tests.kueue.queues import GROUP, H100, VERSION, drop_queue, make_queue
 from tests.plugins.operator import JobClient
 from tests.scheduling.conftest import gpu_job
 
@@ -46,24 +46,10 @@ CHECKPOINT_STEP = 30
 @pytest.fixture
 def queue(api_client: client.ApiClient, namespace: str) -> Iterator[str]:
     """LocalQueue `team` on a ClusterQueue of 16 GPUs (the H100 kwok nodes)."""
-    custom = client.CustomObjectsApi(api_client)
-    name = f"rdy-{namespace}"
-    custom.create_cluster_custom_object(GROUP, VERSION, "resourceflavors", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": name},
-        "spec": {"nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
-    })  # fmt: skip
-    custom.create_cluster_custom_object(GROUP, VERSION, "clusterqueues", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterQueue", "metadata": {"name": name},
-        "spec": {"namespaceSelector": {}, "resourceGroups": [{
-            "coveredResources": ["nvidia.com/gpu"],
-            "flavors": [{"name": name, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": "16"}]}],
-        }]},
-    })  # fmt: skip
-    local_queue(custom, namespace, name)
+    name = make_queue(client.CustomObjectsApi(api_client), namespace, f"rdy-{namespace}", {"nvidia.com/gpu": "16"},
+                      node_labels=H100)  # fmt: skip
     yield name
-    custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", namespace, "trainingjobs")
-    client.CoreV1Api(api_client).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
-    delete_cluster_queue(custom, name)
+    drop_queue(api_client, namespace, name)
 
 
 def workload(jobs: JobClient, name: str) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from kubernetes import client
 
 from localcluster.testing import wait_for
 from phalanx.core import kueue
-from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
+from tests.kueue.queues import GROUP, H100, VERSION, drop_queue, make_queue
 from tests.plugins.operator import JobClient
 from tests.scheduling.conftest import gpu_job, priority_classes  # noqa: F401  (a fixture)
 
@@ -35,25 +35,10 @@ pytestmark = pytest.mark.kueue
 @pytest.fixture
 def preempting_queue(api_client: client.ApiClient, namespace: str) -> Iterator[str]:
     """LocalQueue `team` on a ClusterQueue of 16 GPUs (the H100 kwok nodes) that preempts lower priorities."""
-    custom = client.CustomObjectsApi(api_client)
-    name = f"pre-{namespace}"
-    custom.create_cluster_custom_object(GROUP, VERSION, "resourceflavors", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": name},
-        "spec": {"nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
-    })  # fmt: skip
-    custom.create_cluster_custom_object(GROUP, VERSION, "clusterqueues", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterQueue", "metadata": {"name": name},
-        "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
-                 "resourceGroups": [{
-                     "coveredResources": ["nvidia.com/gpu"],
-                     "flavors": [{"name": name, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": "16"}]}],
-                 }]},
-    })  # fmt: skip
-    local_queue(custom, namespace, name)
+    name = make_queue(client.CustomObjectsApi(api_client), namespace, f"pre-{namespace}", {"nvidia.com/gpu": "16"},
+                      node_labels=H100, preemption={"withinClusterQueue": "LowerPriority"})  # fmt: skip
     yield name
-    custom.delete_collection_namespaced_custom_object("phalanx.dev", "v1alpha1", namespace, "trainingjobs")
-    client.CoreV1Api(api_client).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
-    delete_cluster_queue(custom, name)
+    drop_queue(api_client, namespace, name)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 
 from localcluster.testing import Kubectl
-from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, local_queue
+from tests.kueue.queues import GROUP, VERSION, delete_cluster_queue, make_queue
 from tests.plugins.operator import JobClient
 from tests.realnode.conftest import (
     JOB_TIMEOUT,
@@ -48,20 +48,8 @@ def cpu_queue(api_client: client.ApiClient, phalanx_release: str) -> Iterator[st
     """LocalQueue `team` in JOBS_NAMESPACE on a ClusterQueue of 1 CPU (one 2-rank job) that preempts
     lower priorities."""
     custom = client.CustomObjectsApi(api_client)
-    name = unique("cpu")
-    custom.create_cluster_custom_object(GROUP, VERSION, "resourceflavors", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": name},
-    })  # fmt: skip
-    custom.create_cluster_custom_object(GROUP, VERSION, "clusterqueues", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterQueue", "metadata": {"name": name},
-        "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
-                 "resourceGroups": [{
-                     "coveredResources": ["cpu", "memory"],
-                     "flavors": [{"name": name, "resources": [{"name": "cpu", "nominalQuota": "1"},
-                                                              {"name": "memory", "nominalQuota": "64Gi"}]}],
-                 }]},
-    })  # fmt: skip
-    local_queue(custom, JOBS_NAMESPACE, name)
+    name = make_queue(custom, JOBS_NAMESPACE, unique("cpu"), {"cpu": "1", "memory": "64Gi"},
+                      preemption={"withinClusterQueue": "LowerPriority"})  # fmt: skip
     yield name
     custom.delete_namespaced_custom_object(GROUP, VERSION, JOBS_NAMESPACE, "localqueues", "team")
     delete_cluster_queue(custom, name)
